@@ -1,0 +1,28 @@
+"""Model-family adapters, chosen by the config's ``model_type``."""
+
+from __future__ import annotations
+
+from ..errors import UnsupportedModelError
+from .base import Adapter, PreparedBatch
+from .llava import LlavaAdapter
+from .qwen2_vl import Qwen2VLAdapter
+
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter)
+
+
+def supported_model_types() -> list[str]:
+    """Every ``model_type`` some adapter serves."""
+    return sorted(t for adapter in ADAPTERS for t in adapter.model_types)
+
+
+def adapter_for(model_type: str) -> type[Adapter]:
+    """The adapter class serving ``model_type``; UnsupportedModelError listing the supported ones otherwise."""
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise UnsupportedModelError(
+        f"no adapter for model_type {model_type!r}; supported: {', '.join(supported_model_types())}"
+    )
+
+
+__all__ = ["ADAPTERS", "Adapter", "LlavaAdapter", "PreparedBatch", "Qwen2VLAdapter", "adapter_for", "supported_model_types"]

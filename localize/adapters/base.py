@@ -1,0 +1,159 @@
+"""What an adapter knows about one model family: prompts, image tokens, their grid and its geometry.
+
+Everything else in the toolkit is model-agnostic and talks to a model only through an :class:`Adapter`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from PIL import Image
+
+from ..errors import InputError
+from ..geometry import GridGeometry
+
+PHRASE_FIELD = "{phrase}"
+
+
+@dataclass
+class PreparedBatch:
+    """Model inputs for a batch of (image, phrase) pairs plus where each sample's image tokens sit.
+
+    ``image_positions[b]`` are the sequence indices of sample b's image tokens in grid (row-major) order;
+    ``last_positions[b]`` is the index of sample b's last real (non-padding) token.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    prompts: list[str]
+    image_positions: list[torch.Tensor]
+    geometries: list[GridGeometry]
+    last_positions: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        """Number of samples."""
+        return len(self.prompts)
+
+
+class Adapter(ABC):
+    """Family-specific knowledge; one subclass per model family, chosen by ``config.model_type``."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    default_template: ClassVar[str]
+    text_config_key: ClassVar[str] = "text_config"
+    description: ClassVar[str] = ""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, template: str | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.template = template or self.default_template
+        if PHRASE_FIELD not in self.template:
+            raise InputError(f"prompt template must contain {PHRASE_FIELD!r}: {self.template!r}")
+
+    # -- language-model shape -------------------------------------------------------------------------------
+    @property
+    def text_config(self) -> Any:
+        """The language model's config."""
+        return self.model.config.get_text_config()
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers of the language model."""
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def num_heads(self) -> int:
+        """Query heads per decoder layer."""
+        return int(self.text_config.num_attention_heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        """Key/value heads per decoder layer (GQA when fewer than query heads)."""
+        return int(getattr(self.text_config, "num_key_value_heads", None) or self.num_heads)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The processor's tokenizer."""
+        return self.processor.tokenizer
+
+    def set_attention(self, implementation: str) -> None:
+        """Use ``implementation`` for the language model and keep SDPA for every other sub-model (vision tower)."""
+        sub_configs = getattr(self.model.config, "sub_configs", {}) or {}
+        if not sub_configs:
+            self.model.set_attn_implementation(implementation)
+            return
+        choice = {key: ("sdpa" if key != self.text_config_key else implementation) for key in sub_configs}
+        self.model.set_attn_implementation(choice)
+
+    # -- prompts and inputs ---------------------------------------------------------------------------------
+    def format_prompt(self, phrase: str) -> str:
+        """The model's text for one phrase, from the template (image placeholder, then the phrase)."""
+        return self.template.replace(PHRASE_FIELD, phrase)
+
+    def prepare(self, images: Sequence[Image.Image], phrases: Sequence[str]) -> PreparedBatch:
+        """Tokenize and preprocess aligned lists of RGB images and phrases (padding as the tokenizer pads)."""
+        if len(images) != len(phrases):
+            raise InputError(f"{len(images)} images for {len(phrases)} phrases")
+        prompts = [self.format_prompt(p) for p in phrases]
+        inputs = self.processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
+        inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        mask = inputs["attention_mask"]
+        positions = torch.arange(mask.shape[1]).expand_as(mask)
+        last = torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(dim=1).values
+        image_positions = [self.image_token_positions(inputs, b) for b in range(len(prompts))]
+        geometries = [self.geometry(img.size, inputs, b) for b, img in enumerate(images)]
+        for b, (pos, geom) in enumerate(zip(image_positions, geometries)):
+            if pos.numel() != geom.rows * geom.cols:
+                raise RuntimeError(
+                    f"sample {b}: {pos.numel()} image tokens for a {geom.rows}x{geom.cols} grid; "
+                    "the processor and model config disagree"
+                )
+        return PreparedBatch(inputs, prompts, image_positions, geometries, last)
+
+    def image_token_positions(self, inputs: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+        """Sequence indices of sample ``index``'s image tokens, in grid row-major order."""
+        return (inputs["input_ids"][index] == self.image_token_id).nonzero().flatten()
+
+    @property
+    @abstractmethod
+    def image_token_id(self) -> int:
+        """Token id of an image placeholder in the expanded sequence."""
+
+    @abstractmethod
+    def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
+        """Grid <-> original-pixel map for sample ``index`` whose original image is ``image_size`` (w, h)."""
+
+    # -- prefix reuse ---------------------------------------------------------------------------------------
+    def position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Explicit position ids for the full sequences when the family needs them (M-RoPE); else None."""
+        return None
+
+    def prefix_inputs(self, batch: PreparedBatch, length: int) -> dict[str, torch.Tensor]:
+        """Inputs of sample 0's first ``length`` tokens (they hold the whole image) for a cached prefix pass."""
+        inputs = batch.inputs
+        out = {"input_ids": inputs["input_ids"][:1, :length], "attention_mask": inputs["attention_mask"][:1, :length]}
+        out.update(self.image_inputs(inputs, sample=0))
+        return out
+
+    def suffix_inputs(self, batch: PreparedBatch, length: int) -> dict[str, torch.Tensor]:
+        """Inputs of every sample's tokens after the shared ``length``-token prefix, without image inputs."""
+        inputs = batch.inputs
+        suffix_len = inputs["input_ids"].shape[1] - length
+        return {
+            "input_ids": inputs["input_ids"][:, length:],
+            "attention_mask": inputs["attention_mask"],
+            "position_ids": (torch.arange(suffix_len) + length).expand(batch.batch_size, -1),
+        }
+
+    def image_inputs(self, inputs: dict[str, torch.Tensor], sample: int) -> dict[str, torch.Tensor]:
+        """The image tensors of one sample (pixel values and the family's extras)."""
+        return {"pixel_values": inputs["pixel_values"][sample : sample + 1]}
+
+    def describe(self) -> dict[str, Any]:
+        """What this adapter supports (for ``localize models``)."""
+        return {"family": self.family, "model_types": list(self.model_types), "template": self.default_template}

@@ -1,0 +1,72 @@
+"""Qwen2-VL and Qwen2.5-VL (``qwen2_vl``, ``qwen2_5_vl``): dynamic grid, M-RoPE positions."""
+
+from __future__ import annotations
+
+import torch
+
+from ..geometry import GridGeometry
+from .base import Adapter, PreparedBatch
+
+
+class Qwen2VLAdapter(Adapter):
+    """Qwen2(.5)-VL: the image is resized to multiples of patch x merge; one token per merged 2x2 patch block."""
+
+    family = "qwen2_vl"
+    model_types = ("qwen2_5_vl", "qwen2_vl")
+    default_template = "<|vision_start|><|image_pad|><|vision_end|>{phrase}"
+    description = "Qwen2-VL / Qwen2.5-VL; dynamic grid from image_grid_thw / merge size; M-RoPE"
+
+    @property
+    def image_token_id(self) -> int:
+        """Id of ``<|image_pad|>``."""
+        return int(self.model.config.image_token_id)
+
+    @property
+    def merge_size(self) -> int:
+        """Patches merged per token along each side."""
+        return int(self.model.config.vision_config.spatial_merge_size)
+
+    def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
+        """The processor resizes the whole image (no pad, no crop) to the grid's pixel size."""
+        _, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][index])
+        rows, cols = grid_h // self.merge_size, grid_w // self.merge_size
+        width, height = image_size
+        return GridGeometry(rows=rows, cols=cols, image_size=(width, height), x_scale=width / cols, y_scale=height / rows)
+
+    def position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """M-RoPE position ids ``[3, B, L]`` over the full sequences (never the model's stored rope_deltas)."""
+        rope_inputs = {
+            k: inputs[k] for k in ("mm_token_type_ids", "image_grid_thw", "attention_mask") if k in inputs
+        }
+        positions, _ = self.model.model.get_rope_index(inputs["input_ids"], **rope_inputs)
+        return positions
+
+    def prefix_inputs(self, batch: PreparedBatch, length: int) -> dict[str, torch.Tensor]:
+        """Sample 0's prefix with its image and explicit M-RoPE positions."""
+        out = super().prefix_inputs(batch, length)
+        positions = batch.extras.get("position_ids")
+        if positions is None:
+            positions = batch.extras["position_ids"] = self.position_ids(batch.inputs)
+        out["position_ids"] = positions[:, :1, :length]
+        if "mm_token_type_ids" in batch.inputs:
+            out["mm_token_type_ids"] = batch.inputs["mm_token_type_ids"][:1, :length]
+        return out
+
+    def suffix_inputs(self, batch: PreparedBatch, length: int) -> dict[str, torch.Tensor]:
+        """Every sample's suffix with its slice of the full M-RoPE positions."""
+        out = super().suffix_inputs(batch, length)
+        positions = batch.extras.get("position_ids")
+        if positions is None:
+            positions = batch.extras["position_ids"] = self.position_ids(batch.inputs)
+        out["position_ids"] = positions[:, :, length:]
+        if "mm_token_type_ids" in batch.inputs:
+            out["mm_token_type_ids"] = batch.inputs["mm_token_type_ids"][:, length:]
+        return out
+
+    def image_inputs(self, inputs: dict[str, torch.Tensor], sample: int) -> dict[str, torch.Tensor]:
+        """Sample ``sample``'s patch rows of the flattened ``pixel_values`` and its grid."""
+        grids = inputs["image_grid_thw"]
+        counts = grids.prod(dim=1)
+        start = int(counts[:sample].sum())
+        stop = start + int(counts[sample])
+        return {"pixel_values": inputs["pixel_values"][start:stop], "image_grid_thw": grids[sample : sample + 1]}

@@ -1,0 +1,338 @@
+"""Attention capture: the query token's attention over the image tokens, per (layer, head), exactly and cheaply.
+
+The language model runs its normal SDPA attention through a function registered with transformers'
+``AttentionInterface``. For the layers asked for, that function also computes, for the query position only,
+``softmax(q · Kᵀ · scale + mask)`` of the requested heads (the row eager attention would return), and stores it on
+a per-call :class:`_Recorder` passed down the forward as a keyword argument. No patched modeling file, no
+``output_attentions``, no eager N×N attention. Two savings on top:
+
+* early exit: the forward stops inside the deepest requested layer, once its row is recorded;
+* prefix reuse: for several phrases on one image, the shared prefix (everything up to the first differing token,
+  the image included) runs once; its KV cache is copied for the batch of suffixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from transformers import AttentionInterface, DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .adapters import Adapter, PreparedBatch
+from .errors import HeadsMismatchError, InputError
+from .geometry import GridGeometry
+from .images import ImageLike, load_image
+
+CAPTURE_ATTENTION = "localize_sdpa"
+Head = tuple[int, int]
+
+
+class _EarlyExit(Exception):
+    """Raised inside the deepest requested layer to stop the forward; caught by :func:`capture`."""
+
+
+@dataclass
+class _Recorder:
+    """Per-call capture request and its results; travels down the forward as ``localize_recorder=``."""
+
+    heads_by_layer: dict[int, torch.Tensor]
+    query_positions: torch.Tensor
+    stop_after: int | None
+    keep_graph: bool = False
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def record(self, layer: int, module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: Any) -> None:
+        """Store ``softmax(q·Kᵀ·scale + mask)`` of this layer's requested heads at the query positions."""
+        batch, num_heads, q_len, head_dim = query.shape
+        kv_len = key.shape[2]
+        local = self.query_positions.to(query.device) - (kv_len - q_len)
+        if bool((local < 0).any()) or bool((local >= q_len).any()):
+            raise RuntimeError("query position outside the tokens of this forward pass")
+        heads = self.heads_by_layer[layer].to(query.device)
+        groups = num_heads // key.shape[1]
+        rows_b = torch.arange(batch, device=query.device)[:, None]
+        q = query[rows_b, heads[None, :], local[:, None]].float()  # [B, h, D]
+        k = key[:, heads // groups].float()  # [B, h, K, D]
+        scale = scaling if scaling is not None else head_dim**-0.5
+        logits = torch.einsum("bhd,bhkd->bhk", q, k) * scale
+        if mask is None:
+            allowed = torch.arange(kv_len, device=query.device)[None, :] <= self.query_positions.to(query.device)[:, None]
+            logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
+        else:
+            mask = mask.expand(batch, -1, -1, -1)
+            mask_rows = mask[torch.arange(batch, device=mask.device), 0, local.to(mask.device)]  # [B, K]
+            if mask_rows.dtype == torch.bool:
+                logits = logits.masked_fill(~mask_rows[:, None, :], float("-inf"))
+            else:
+                logits = logits + mask_rows[:, None, :].float()
+        probs = logits.softmax(dim=-1)
+        self.rows[layer] = probs if self.keep_graph else probs.detach()
+
+
+def _capture_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    localize_recorder: _Recorder | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """SDPA attention that also records the requested query rows (see module docstring)."""
+    layer = getattr(module, "layer_idx", None)
+    if localize_recorder is not None and layer is not None:
+        if layer in localize_recorder.heads_by_layer:
+            localize_recorder.record(layer, module, query, key, attention_mask, scaling)
+        if localize_recorder.stop_after is not None and layer >= localize_recorder.stop_after:
+            raise _EarlyExit
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def register_capture_attention() -> str:
+    """Register the capture attention (and SDPA's mask builder under the same name); returns its name."""
+    AttentionInterface.register(CAPTURE_ATTENTION, _capture_attention)
+    # Without a mask function of the same name ``create_causal_mask`` returns None and padding is ignored.
+    AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
+    return CAPTURE_ATTENTION
+
+
+@dataclass
+class AttentionMaps:
+    """One sample's captured maps: ``maps[i]`` is head ``heads[i]``'s attention over the image grid.
+
+    ``maps`` is float32 ``[len(heads), rows, cols]``; the values are the query row of the softmax restricted to
+    the image tokens, so ``maps.sum((-1, -2))`` is each head's attention mass on the image (S_img).
+    """
+
+    maps: torch.Tensor
+    heads: tuple[Head, ...]
+    geometry: GridGeometry
+    query_position: int
+    prompt: str
+    sample_index: int = 0
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(rows, cols) of the image-token grid."""
+        return self.geometry.rows, self.geometry.cols
+
+    def select(self, heads: Iterable[Head]) -> torch.Tensor:
+        """Maps of ``heads`` (each must have been captured), ``[k, rows, cols]``."""
+        index = {h: i for i, h in enumerate(self.heads)}
+        try:
+            return self.maps[[index[tuple(h)] for h in heads]]
+        except KeyError as err:
+            raise HeadsMismatchError(f"head {err.args[0]} was not captured") from None
+
+    def dense(self, num_layers: int, num_heads: int) -> torch.Tensor:
+        """``[num_layers, num_heads, rows, cols]`` with NaN where a head was not captured."""
+        out = torch.full((num_layers, num_heads, *self.grid), float("nan"), dtype=self.maps.dtype, device=self.maps.device)
+        layers = torch.tensor([h[0] for h in self.heads], dtype=torch.long)
+        head_ids = torch.tensor([h[1] for h in self.heads], dtype=torch.long)
+        out[layers, head_ids] = self.maps
+        return out
+
+
+def all_heads(num_layers: int, num_heads: int, skip_layers: int = 0) -> list[Head]:
+    """Every (layer, head) from layer ``skip_layers`` on."""
+    return [(layer, head) for layer in range(skip_layers, num_layers) for head in range(num_heads)]
+
+
+def validate_heads(heads: Iterable[Head], num_layers: int, num_heads: int) -> list[Head]:
+    """Deduplicated heads in the given order; HeadsMismatchError for one that does not fit the model."""
+    out: list[Head] = []
+    for head in heads:
+        layer, index = (int(v) for v in head)
+        if not (0 <= layer < num_layers and 0 <= index < num_heads):
+            raise HeadsMismatchError(
+                f"head (layer {layer}, head {index}) does not fit a model with {num_layers} layers x {num_heads} heads"
+            )
+        if (layer, index) not in out:
+            out.append((layer, index))
+    if not out:
+        raise HeadsMismatchError("no heads requested")
+    return out
+
+
+def _heads_by_layer(heads: Sequence[Head]) -> dict[int, torch.Tensor]:
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(layer, []).append(head)
+    return {layer: torch.tensor(sorted(hs), dtype=torch.long) for layer, hs in sorted(by_layer.items())}
+
+
+def _check_phrases(phrases: Sequence[str]) -> list[str]:
+    cleaned = []
+    for i, phrase in enumerate(phrases):
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise InputError(f"phrase {i} is empty; give a referring expression such as 'the red car on the left'")
+        cleaned.append(phrase.strip())
+    return cleaned
+
+
+def _shared_prefix_length(batch: PreparedBatch, queries: torch.Tensor) -> int:
+    """Tokens every sequence shares from the start, capped so each query lies after it (0: no shared image)."""
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    if mask[:, 0].eq(0).any():  # left padding: the sequences do not start alike
+        return 0
+    same = (ids == ids[:1]).all(dim=0) & mask.bool().all(dim=0)
+    length = int(same.long().cumprod(0).sum())
+    length = min(length, int(queries.min()))
+    last_image = max(int(p.max()) for p in batch.image_positions)
+    return length if length > last_image else 0
+
+
+def _expand_cache(cache: DynamicCache, batch_size: int, config: Any) -> DynamicCache:
+    """A fresh cache holding ``cache``'s keys/values repeated for ``batch_size`` sequences."""
+    expanded = DynamicCache(config=config)
+    for layer_idx, layer in enumerate(cache.layers):
+        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            break
+        expanded.update(
+            layer.keys.expand(batch_size, -1, -1, -1).contiguous(),
+            layer.values.expand(batch_size, -1, -1, -1).contiguous(),
+            layer_idx,
+        )
+    return expanded
+
+
+class Capturer:
+    """Runs a model with the capture attention; owned by a :class:`~localize.models.VLM` handle."""
+
+    def __init__(self, model: torch.nn.Module, adapter: Adapter) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.forward_calls = 0  # model forwards run, for tests and benchmarks
+        adapter.set_attention(register_capture_attention())
+
+    def capture(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        phrases: str | Sequence[str],
+        heads: Sequence[Head] | None = None,
+        *,
+        query_positions: Sequence[int] | None = None,
+        early_exit: bool = True,
+        reuse_prefix: bool = True,
+        differentiable: bool = False,
+    ) -> list[AttentionMaps]:
+        """Capture ``heads`` (default: all) for each phrase; one :class:`AttentionMaps` per phrase.
+
+        ``images``: one image for every phrase (then the image prefix is computed once), or one per phrase.
+        ``query_positions``: per phrase, a token index (negative: counted back from the last real token, -1 = the
+        last); default the last input token. ``differentiable`` keeps the autograd graph (fine-tuning).
+        """
+        phrases = _check_phrases([phrases] if isinstance(phrases, str) else list(phrases))
+        shared_image = not isinstance(images, (list, tuple))
+        pil_images = [load_image(images)] * len(phrases) if shared_image else [load_image(i) for i in images]
+        adapter = self.adapter
+        heads = validate_heads(heads or all_heads(adapter.num_layers, adapter.num_heads), adapter.num_layers, adapter.num_heads)
+        batch = adapter.prepare(pil_images, phrases)
+        self._check_length(batch)
+        queries = self._query_positions(batch, query_positions)
+        recorder = _Recorder(
+            heads_by_layer=_heads_by_layer(heads),
+            query_positions=queries,
+            stop_after=max(h[0] for h in heads) if early_exit else None,
+            keep_graph=differentiable,
+        )
+        prefix = _shared_prefix_length(batch, queries) if (reuse_prefix and shared_image and len(phrases) > 1) else 0
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+            if prefix:
+                self._run_with_prefix(batch, recorder, prefix)
+            else:
+                self._run(dict(batch.inputs), recorder)
+        return self._collect(batch, recorder, heads, queries)
+
+    # -- internals ------------------------------------------------------------------------------------------
+    def _check_length(self, batch: PreparedBatch) -> None:
+        limit = getattr(self.adapter.text_config, "max_position_embeddings", None)
+        length = batch.inputs["input_ids"].shape[1]
+        if limit is not None and length > int(limit):
+            raise InputError(f"prompt of {length} tokens is longer than the model's context of {limit} tokens")
+
+    def _query_positions(self, batch: PreparedBatch, requested: Sequence[int] | None) -> torch.Tensor:
+        last = batch.last_positions
+        if requested is None:
+            return last.clone()
+        if len(requested) != batch.batch_size:
+            raise InputError(f"{len(requested)} query positions for {batch.batch_size} phrases")
+        out = torch.tensor([last[b] + 1 + p if p < 0 else p for b, p in enumerate(requested)], dtype=torch.long)
+        if bool((out < 0).any()) or bool((out > last).any()):
+            raise InputError(f"query positions {requested} outside the prompts (last tokens at {last.tolist()})")
+        return out
+
+    def _run(self, inputs: dict[str, torch.Tensor], recorder: _Recorder | None, **extra: Any) -> None:
+        device = self.model.device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        if not extra.get("use_cache"):
+            extra.setdefault("use_cache", False)
+            extra.setdefault("logits_to_keep", 1)
+        self.forward_calls += 1
+        try:
+            self.model(**inputs, localize_recorder=recorder, **extra)
+        except _EarlyExit:
+            pass
+
+    def _run_with_prefix(self, batch: PreparedBatch, recorder: _Recorder, length: int) -> None:
+        config = self.adapter.text_config
+        cache = DynamicCache(config=config)
+        prefix_only = _Recorder(heads_by_layer={}, query_positions=recorder.query_positions, stop_after=recorder.stop_after)
+        self._run(self.adapter.prefix_inputs(batch, length), prefix_only, use_cache=True, past_key_values=cache)
+        suffix_cache = _expand_cache(cache, batch.batch_size, config)
+        self._run(self.adapter.suffix_inputs(batch, length), recorder, use_cache=True, past_key_values=suffix_cache)
+
+    def _collect(
+        self, batch: PreparedBatch, recorder: _Recorder, heads: Sequence[Head], queries: torch.Tensor
+    ) -> list[AttentionMaps]:
+        # Row index of each head inside its layer's recorded block (heads are sorted per layer).
+        slot = {}
+        for layer, head_ids in recorder.heads_by_layer.items():
+            for i, h in enumerate(head_ids.tolist()):
+                slot[(layer, h)] = i
+        results = []
+        for b in range(batch.batch_size):
+            geometry = batch.geometries[b]
+            positions = batch.image_positions[b].to(next(iter(recorder.rows.values())).device)
+            maps = torch.stack([recorder.rows[layer][b, slot[(layer, h)]] for layer, h in heads])
+            maps = maps[:, positions].reshape(len(heads), geometry.rows, geometry.cols)
+            results.append(
+                AttentionMaps(
+                    maps=maps,
+                    heads=tuple(heads),
+                    geometry=geometry,
+                    query_position=int(queries[b]),
+                    prompt=batch.prompts[b],
+                    sample_index=b,
+                )
+            )
+        return results
+
+
+def eager_reference_maps(
+    model: torch.nn.Module, adapter: Adapter, batch: PreparedBatch, queries: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """The anchor: per sample ``[layers, heads, rows, cols]`` from eager ``output_attentions=True`` (slow; tests/benchmarks).
+
+    Switches the language model to eager attention for the call and restores the capture attention after.
+    """
+    queries = batch.last_positions if queries is None else queries
+    adapter.set_attention("eager")
+    try:
+        with torch.no_grad():
+            inputs = {k: v.to(model.device) for k, v in batch.inputs.items()}
+            out = model(**inputs, output_attentions=True, use_cache=False)
+    finally:
+        adapter.set_attention(register_capture_attention())
+    attentions = torch.stack(out.attentions, dim=1)  # [B, layers, heads, L, L]
+    maps = []
+    for b in range(batch.batch_size):
+        g = batch.geometries[b]
+        row = attentions[b, :, :, int(queries[b])]  # [layers, heads, L]
+        maps.append(row[:, :, batch.image_positions[b]].reshape(row.shape[0], row.shape[1], g.rows, g.cols).float())
+    return maps

@@ -1,0 +1,70 @@
+"""Image loading: paths, PIL images and arrays to RGB PIL images, EXIF orientation applied."""
+
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def load_image(image: ImageLike) -> Image.Image:
+    """Return ``image`` as an RGB PIL image (EXIF orientation applied; RGBA/LA/P/CMYK/L/I/F converted)."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                pil = ImageOps.exif_transpose(opened)
+        except FileNotFoundError as err:
+            raise ImageError(f"image not found: {path}") from err
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise ImageError(f"cannot read image {path}: {err}") from err
+    elif isinstance(image, Image.Image):
+        pil = ImageOps.exif_transpose(image)
+    elif isinstance(image, np.ndarray):
+        pil = _array_to_pil(image)
+    else:
+        raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image or a numpy array")
+    if pil.width < 1 or pil.height < 1:
+        raise ImageError(f"empty image of size {pil.width}x{pil.height}")
+    return _to_rgb(pil)
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageError(f"array image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
+    if array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise ImageError("float image contains NaN or inf")
+            scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
+            array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
+        elif array.dtype == np.bool_:
+            array = array.astype(np.uint8) * 255
+        else:
+            array = np.clip(array, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _to_rgb(pil: Image.Image) -> Image.Image:
+    if pil.mode == "RGB":
+        return pil
+    if pil.mode in ("RGBA", "LA") or (pil.mode == "P" and "transparency" in pil.info):
+        rgba = pil.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if pil.mode in ("I", "I;16", "F"):
+        array = np.asarray(pil, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    return pil.convert("RGB")

@@ -1,0 +1,194 @@
+"""Loading a vision-language model into a :class:`VLM` handle (model + processor + the family's adapter)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .adapters import Adapter, adapter_for
+from .capture import AttentionMaps, Capturer, Head
+from .errors import UnknownModelError
+from .images import ImageLike
+
+# Short names -> hub ids. A local directory or any hub id works too.
+ALIASES: dict[str, str] = {
+    "llava-1.5-7b": "llava-hf/llava-1.5-7b-hf",
+    "llava-1.5-13b": "llava-hf/llava-1.5-13b-hf",
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
+    "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
+}
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+EMBEDDED: dict[str, Path] = {"shapes-tiny": ASSETS / "shapes-tiny"}
+
+
+def known_aliases() -> dict[str, str]:
+    """Every alias and what it resolves to (embedded models only when shipped)."""
+    out = dict(ALIASES)
+    out.update({name: str(path) for name, path in EMBEDDED.items() if path.is_dir()})
+    return out
+
+
+def resolve_spec(spec: str) -> str:
+    """An alias, a local directory or a hub id -> a local directory or hub id; UnknownModelError with near names."""
+    if spec in EMBEDDED:
+        if not EMBEDDED[spec].is_dir():
+            raise UnknownModelError(f"embedded model {spec!r} is not shipped in this install ({EMBEDDED[spec]})")
+        return str(EMBEDDED[spec])
+    if spec in ALIASES:
+        return ALIASES[spec]
+    if os.path.isdir(spec):
+        return spec
+    if "/" in spec and not spec.startswith((".", "/")) and spec.count("/") == 1:
+        return spec  # a hub id
+    near = difflib.get_close_matches(spec, list(known_aliases()), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+    raise UnknownModelError(
+        f"unknown model {spec!r}: not an alias, a local directory or a hub id (owner/name).{hint} "
+        f"Aliases: {', '.join(sorted(known_aliases()))}."
+    )
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return names[dtype]
+
+
+class VLM:
+    """A loaded vision-language model: ``model``, ``processor``, the family ``adapter`` and the capture path."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        *,
+        spec: str = "<in-memory>",
+        template: str | None = None,
+        revision: str | None = None,
+    ) -> None:
+        model_type = model.config.model_type
+        self.model = model
+        self.processor = processor
+        self.spec = spec
+        self.revision = revision
+        self.adapter: Adapter = adapter_for(model_type)(model, processor, template)
+        self.capturer = Capturer(model, self.adapter)
+
+    @property
+    def model_type(self) -> str:
+        """The config's ``model_type``."""
+        return self.model.config.model_type
+
+    @property
+    def num_layers(self) -> int:
+        """Language-model decoder layers."""
+        return self.adapter.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        """Attention heads per decoder layer."""
+        return self.adapter.num_heads
+
+    def capture(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        phrases: str | Sequence[str],
+        heads: Sequence[Head] | None = None,
+        **options: Any,
+    ) -> list[AttentionMaps]:
+        """Query-token attention over the image grid per phrase; see :meth:`localize.capture.Capturer.capture`."""
+        return self.capturer.capture(images, phrases, heads, **options)
+
+    def info(self) -> dict[str, Any]:
+        """What to record beside results: spec, revision, family, shape, prompt template, versions."""
+        import transformers
+
+        from . import __version__
+
+        return {
+            "spec": self.spec,
+            "revision": self.revision,
+            "model_type": self.model_type,
+            "family": self.adapter.family,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "template": self.adapter.template,
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "localize": __version__,
+            "transformers": transformers.__version__,
+        }
+
+
+def load_model(
+    spec: str | tuple[torch.nn.Module, Any] | VLM,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str = "auto",
+    template: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    llava_pad_to_square: bool = True,
+) -> VLM:
+    """Load a model by alias, hub id or local directory, or wrap a ``(model, processor)`` pair, into a :class:`VLM`.
+
+    dtype ``auto`` is bf16 on GPU and fp32 on CPU. For LLaVA loaded from disk or the hub the image processor pads
+    to square as the official LLaVA-1.5 does (``llava_pad_to_square=False`` keeps the processor's own setting).
+    """
+    if isinstance(spec, VLM):
+        return spec
+    if isinstance(spec, tuple):
+        model, processor = spec
+        return VLM(model, processor, template=template)
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    source = resolve_spec(spec)
+    target = _resolve_device(device)
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise UnknownModelError(
+            f"cannot load {spec!r} ({source}): {'offline mode (HF_HUB_OFFLINE=1)' if offline else 'hub unreachable or no such repo'}. "
+            f"Download it where the hub is reachable (`hf download {source} --local-dir DIR`) and pass the "
+            "directory: --model DIR / load_model('DIR')."
+        ) from err
+    adapter_for(config.model_type)  # fail early, listing the supported model types
+    model = AutoModelForImageTextToText.from_pretrained(
+        source, dtype=_resolve_dtype(dtype, target), **kwargs
+    ).to(target).eval()
+    processor = AutoProcessor.from_pretrained(source, **kwargs)
+    if config.model_type == "llava" and llava_pad_to_square:
+        processor.image_processor = _pad_to_square(processor.image_processor)
+    revision = revision or getattr(config, "_commit_hash", None)
+    return VLM(model, processor, spec=spec, template=template, revision=revision)
+
+
+def _pad_to_square(image_processor: Any) -> Any:
+    """A ``LlavaImageProcessor`` with the same settings plus ``do_pad=True`` (LLaVA-1.5's ``expand2square``)."""
+    from transformers import LlavaImageProcessor
+
+    if getattr(image_processor, "do_pad", None) is True:
+        return image_processor
+    settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_") and k != "image_processor_type"}
+    settings["do_pad"] = True
+    return LlavaImageProcessor(**settings)

@@ -1,0 +1,181 @@
+"""Localization-head attention maps -> box, mask and heatmap in original-image pixels (Kang et al., CVPR 2025, §5).
+
+Pipeline (:func:`maps_to_grounding`): Gaussian-smooth each head's ``[rows, cols]`` map, sum over heads, resample
+the sum to the original image through :meth:`GridGeometry.to_image` (padding dropped), binarize it (at its mean by
+default), split the binary map into 8-connected components, keep the component whose convex hull is largest, and
+return the tight box around that hull.
+
+Conventions: boxes are (x0, y0, x1, y1) in continuous pixels (pixel ``x`` spans ``[x, x + 1)``), so a component
+covering columns 10..19 has ``x0 = 10, x1 = 20``. A component's convex hull is taken over its pixels' corners, so
+a single pixel has hull area 1 and the hull's tight box equals the component's bounding box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import convex_hull_image
+
+from .errors import InputError
+from .geometry import GridGeometry
+
+# The paper's smoothing values were chosen for LLaVA-1.5's 24x24 grid.
+REFERENCE_GRID = 24
+_CORNERS = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.int32)
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class GroundingSettings:
+    """Post-processing settings (recorded in outputs via :meth:`to_dict`).
+
+    ``kernel``/``sigma``: Gaussian smoothing of each head map on the grid (sigma 0 disables smoothing). With
+    ``scale_to_grid`` both scale with the grid relative to the paper's 24x24: ``m = min(rows, cols)``,
+    kernel = max(1, odd(round(kernel * m / 24))) (odd(n) = n if n is odd else n + 1), sigma = sigma * m / 24.
+    ``threshold``: ``"mean"`` keeps pixels strictly above the mean of the upsampled summed map; a float ``f`` in
+    (0, 1] keeps pixels whose normalised heatmap is >= ``f`` (``min + f * (max - min)``; ``f * max`` for maps
+    whose minimum is 0). ``mask_mode``: ``"hull"`` = filled convex hull of the kept component,
+    ``"component"`` = the kept component's pixels, ``"binary"`` = the whole binarized map (all components).
+    """
+
+    kernel: int = 7
+    sigma: float = 1.0
+    scale_to_grid: bool = False
+    threshold: str | float = "mean"
+    mask_mode: str = "hull"
+
+    def __post_init__(self) -> None:
+        if int(self.kernel) != self.kernel or self.kernel < 1 or self.kernel % 2 == 0:
+            raise InputError(f"kernel must be a positive odd integer, got {self.kernel!r}")
+        if not self.sigma >= 0:
+            raise InputError(f"sigma must be >= 0, got {self.sigma!r}")
+        if isinstance(self.threshold, str):
+            if self.threshold != "mean":
+                raise InputError(f"threshold must be 'mean' or a fraction of the max in (0, 1], got {self.threshold!r}")
+        elif not 0.0 < float(self.threshold) <= 1.0:
+            raise InputError(f"threshold fraction must be in (0, 1], got {self.threshold!r}")
+        if self.mask_mode not in ("hull", "component", "binary"):
+            raise InputError(f"mask_mode must be 'hull', 'component' or 'binary', got {self.mask_mode!r}")
+
+    def smoothing_for(self, rows: int, cols: int) -> tuple[int, float]:
+        """The (kernel, sigma) used on a ``rows x cols`` grid (scaled when ``scale_to_grid``)."""
+        if not self.scale_to_grid:
+            return int(self.kernel), float(self.sigma)
+        ratio = min(rows, cols) / REFERENCE_GRID
+        kernel = max(1, round(self.kernel * ratio))
+        kernel += 1 - kernel % 2
+        return kernel, float(self.sigma) * ratio
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return asdict(self)
+
+
+class Grounding(NamedTuple):
+    """Result of :func:`maps_to_grounding`; all arrays are at the original image size ``[H, W]``.
+
+    ``score`` is the fraction of the normalised heatmap's mass inside the kept component (0 when nothing is found).
+    """
+
+    box: tuple[float, float, float, float]
+    mask: np.ndarray
+    heatmap: np.ndarray
+    score: float
+
+
+def smooth_maps(maps: np.ndarray, kernel: int = 7, sigma: float = 1.0) -> np.ndarray:
+    """Gaussian-smooth each ``[rows, cols]`` map of ``maps [k, rows, cols]`` (or one 2-D map); float32 out.
+
+    ``cv2.GaussianBlur`` with ksize ``(kernel, kernel)`` and ``sigma`` on both axes; borders reflect without
+    repeating the edge cell (``BORDER_REFLECT_101``, as torchvision's ``gaussian_blur``). ``sigma == 0`` or
+    ``kernel == 1`` returns the maps unchanged (OpenCV would otherwise derive sigma from the kernel).
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim not in (2, 3):
+        raise InputError(f"maps must be [k, rows, cols] or [rows, cols], got shape {maps.shape}")
+    if sigma <= 0 or kernel <= 1:
+        return maps.copy()
+    if kernel % 2 == 0:
+        raise InputError(f"kernel must be odd, got {kernel}")
+    stack = maps[None] if maps.ndim == 2 else maps
+    out = np.stack(
+        [cv2.GaussianBlur(m, (kernel, kernel), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101) for m in stack]
+    )
+    return out[0] if maps.ndim == 2 else out
+
+
+def _component_hull_area(component: np.ndarray) -> float:
+    """Area of the convex hull of a (cropped) component's pixel corners."""
+    contours, _ = cv2.findContours(component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    points = np.concatenate([c.reshape(-1, 2) for c in contours])
+    corners = (points[:, None, :] + _CORNERS[None]).reshape(-1, 2)
+    return float(cv2.contourArea(cv2.convexHull(corners)))
+
+
+def maps_to_grounding(
+    maps: np.ndarray, geometry: GridGeometry, settings: GroundingSettings | None = None
+) -> Grounding:
+    """Head maps ``[k, rows, cols]`` -> :class:`Grounding` (box, mask, heatmap, score) in original-image pixels.
+
+    A constant (or all-zero/non-finite) summed map carries no location: it yields the whole-image box, an empty
+    mask, an all-zero heatmap and score 0.
+    """
+    settings = settings or GroundingSettings()
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    if maps.ndim == 2:
+        maps = maps[None]
+    if maps.ndim != 3 or maps.shape[1:] != (geometry.rows, geometry.cols):
+        raise InputError(f"maps of shape {maps.shape} do not match the grid {(geometry.rows, geometry.cols)}")
+    height, width = geometry.height, geometry.width
+    whole = (0.0, 0.0, float(width), float(height))
+    nothing = Grounding(whole, np.zeros((height, width), bool), np.zeros((height, width), np.float32), 0.0)
+    if maps.shape[0] == 0:
+        return nothing
+
+    kernel, sigma = settings.smoothing_for(geometry.rows, geometry.cols)
+    summed = smooth_maps(maps, kernel, sigma).sum(axis=0)
+    upsampled = geometry.to_image(summed)
+    # Pixels no cell covers (a center-crop's margins) are not part of the map: excluded from mean, max and mask.
+    covered = geometry.to_image(np.ones_like(summed), interpolation="nearest") > 0.5
+    if not covered.any():
+        return nothing
+    values = upsampled[covered]
+    low, high = float(values.min()), float(values.max())
+    if not high - low > 1e-6 * max(abs(high), abs(low), 1e-12):
+        return nothing
+    heatmap = np.where(covered, (upsampled - low) / (high - low), 0.0).astype(np.float32)
+
+    if settings.threshold == "mean":
+        binary = covered & (upsampled > values.mean())
+    else:
+        binary = covered & (heatmap >= float(settings.threshold))
+    labels, count = ndimage.label(binary, structure=_EIGHT)
+    if count == 0:
+        return Grounding(whole, np.zeros((height, width), bool), heatmap, 0.0)
+
+    # Largest hull wins; ties go to the component with more attention mass, then to the lower label.
+    slices = ndimage.find_objects(labels)
+    masses = ndimage.sum_labels(heatmap, labels, index=np.arange(1, count + 1))
+    best = max(
+        range(count),
+        key=lambda i: (_component_hull_area(labels[slices[i]] == i + 1), masses[i], -i),
+    )
+    rows_slice, cols_slice = slices[best]
+    box = (float(cols_slice.start), float(rows_slice.start), float(cols_slice.stop), float(rows_slice.stop))
+    component = labels == best + 1
+
+    if settings.mask_mode == "binary":
+        mask = binary
+    elif settings.mask_mode == "component":
+        mask = component
+    else:
+        # Pixels whose centres lie in the hull of the component's pixel corners (stays inside ``box``).
+        mask = np.zeros((height, width), dtype=bool)
+        mask[rows_slice, cols_slice] = convex_hull_image(component[rows_slice, cols_slice], offset_coordinates=True)
+    total = float(heatmap.sum())
+    score = float(masses[best]) / total if total > 0 else 0.0
+    return Grounding(box, mask, heatmap, score)

@@ -1,0 +1,190 @@
+"""Random-weight models of the supported architectures, built offline from configs.
+
+Used by the tests, the benchmarks and the shapes-world model. Nothing here downloads: tokenizers are word-level
+and built programmatically, image processors are constructed from their settings.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+DEFAULT_WORDS: tuple[str, ...] = tuple(
+    "the a an red blue green yellow black white circle square triangle left right top bottom middle center of on "
+    "in at above below near next to big small large tiny man woman dog cat person car tree leftmost rightmost "
+    "biggest smallest is what color shape where".split()
+)
+
+LLAVA_SPECIALS = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
+QWEN_SPECIALS = ("<unk>", "<pad>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def word_tokenizer(words: Iterable[str], specials: Sequence[str], bos: str | None = None, **special_kwargs):
+    """A word-level fast tokenizer over ``specials + words`` (whitespace split; unknown words -> ``<unk>``)."""
+    from transformers import PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for token in [*specials, *words]:
+        vocab.setdefault(token, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if bos is not None:
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token=bos, **special_kwargs
+    )
+
+
+def tiny_llava(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    image_size: int = 48,
+    patch_size: int = 8,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 2,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    pad_to_square: bool = True,
+    seed: int = 0,
+):
+    """A random-weight ``LlavaForConditionalGeneration`` (CLIP tower + Llama LM) and its ``LlavaProcessor``."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaImageProcessor,
+        LlavaProcessor,
+    )
+
+    tokenizer = word_tokenizer(words, LLAVA_SPECIALS, bos="<s>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=vision_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate or hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = LlavaImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_pad=pad_to_square,
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return model, processor
+
+
+def tiny_qwen2_5_vl(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    vision_hidden: int = 32,
+    vision_depth: int = 2,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 64,
+    seed: int = 0,
+):
+    """A random-weight ``Qwen2_5_VLForConditionalGeneration`` and its ``Qwen2_5_VLProcessor``."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = word_tokenizer(
+        words,
+        QWEN_SPECIALS,
+        eos_token="<|endoftext|>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = hidden // heads
+    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
+    section.append(head_dim // 2 - sum(section))
+    config = Qwen2_5_VLConfig(
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_heads=2,
+            out_hidden_size=hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[vision_depth - 1],
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
+            bos_token_id=None,
+            eos_token_id=ids("<|endoftext|>"),
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        bos_token_id=None,
+        eos_token_id=ids("<|endoftext|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
+    )
+    return model, processor
