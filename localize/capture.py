@@ -13,8 +13,9 @@ a per-call :class:`_Recorder` passed down the forward as a keyword argument. No 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from transformers import AttentionInterface, DynamicCache
@@ -59,7 +60,9 @@ class _Recorder:
         scale = scaling if scaling is not None else head_dim**-0.5
         logits = torch.einsum("bhd,bhkd->bhk", q, k) * scale
         if mask is None:
-            allowed = torch.arange(kv_len, device=query.device)[None, :] <= self.query_positions.to(query.device)[:, None]
+            allowed = (
+                torch.arange(kv_len, device=query.device)[None, :] <= self.query_positions.to(query.device)[:, None]
+            )
             logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
         else:
             mask = mask.expand(batch, -1, -1, -1)
@@ -131,7 +134,9 @@ class AttentionMaps:
 
     def dense(self, num_layers: int, num_heads: int) -> torch.Tensor:
         """``[num_layers, num_heads, rows, cols]`` with NaN where a head was not captured."""
-        out = torch.full((num_layers, num_heads, *self.grid), float("nan"), dtype=self.maps.dtype, device=self.maps.device)
+        out = torch.full(
+            (num_layers, num_heads, *self.grid), float("nan"), dtype=self.maps.dtype, device=self.maps.device
+        )
         layers = torch.tensor([h[0] for h in self.heads], dtype=torch.long)
         head_ids = torch.tensor([h[1] for h in self.heads], dtype=torch.long)
         out[layers, head_ids] = self.maps
@@ -231,7 +236,9 @@ class Capturer:
         shared_image = not isinstance(images, (list, tuple))
         pil_images = [load_image(images)] * len(phrases) if shared_image else [load_image(i) for i in images]
         adapter = self.adapter
-        heads = validate_heads(heads or all_heads(adapter.num_layers, adapter.num_heads), adapter.num_layers, adapter.num_heads)
+        heads = validate_heads(
+            heads or all_heads(adapter.num_layers, adapter.num_heads), adapter.num_layers, adapter.num_heads
+        )
         batch = adapter.prepare(pil_images, phrases)
         self._check_length(batch)
         queries = self._query_positions(batch, query_positions)
@@ -282,7 +289,9 @@ class Capturer:
     def _run_with_prefix(self, batch: PreparedBatch, recorder: _Recorder, length: int) -> None:
         config = self.adapter.text_config
         cache = DynamicCache(config=config)
-        prefix_only = _Recorder(heads_by_layer={}, query_positions=recorder.query_positions, stop_after=recorder.stop_after)
+        prefix_only = _Recorder(
+            heads_by_layer={}, query_positions=recorder.query_positions, stop_after=recorder.stop_after
+        )
         self._run(self.adapter.prefix_inputs(batch, length), prefix_only, use_cache=True, past_key_values=cache)
         suffix_cache = _expand_cache(cache, batch.batch_size, config)
         self._run(self.adapter.suffix_inputs(batch, length), recorder, use_cache=True, past_key_values=suffix_cache)
@@ -317,7 +326,7 @@ class Capturer:
 def eager_reference_maps(
     model: torch.nn.Module, adapter: Adapter, batch: PreparedBatch, queries: torch.Tensor | None = None
 ) -> list[torch.Tensor]:
-    """The anchor: per sample ``[layers, heads, rows, cols]`` from eager ``output_attentions=True`` (slow; tests/benchmarks).
+    """The anchor: per sample ``[layers, heads, rows, cols]`` from eager ``output_attentions=True`` (slow).
 
     Switches the language model to eager attention for the call and restores the capture attention after.
     """

@@ -117,7 +117,9 @@ class GridGeometry:
             cell_lo = offset + scale * np.arange(n)
             return np.clip(np.minimum(cell_lo + scale, hi) - np.maximum(cell_lo, lo), 0.0, None) / scale
 
-        return np.outer(axis(self.rows, self.y_scale, self.y_offset, y0, y1), axis(self.cols, self.x_scale, self.x_offset, x0, x1)).astype(np.float32)
+        return np.outer(
+            axis(self.rows, self.y_scale, self.y_offset, y0, y1), axis(self.cols, self.x_scale, self.x_offset, x0, x1)
+        ).astype(np.float32)
 
     def to_dict(self) -> dict:
         """JSON-friendly form (recorded in outputs)."""

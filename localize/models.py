@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -66,8 +67,14 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return names[dtype]
@@ -167,15 +174,18 @@ def load_model(
         config = AutoConfig.from_pretrained(source, **kwargs)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "offline mode (HF_HUB_OFFLINE=1)" if offline else "hub unreachable or no such repo"
         raise UnknownModelError(
-            f"cannot load {spec!r} ({source}): {'offline mode (HF_HUB_OFFLINE=1)' if offline else 'hub unreachable or no such repo'}. "
+            f"cannot load {spec!r} ({source}): {why}. "
             f"Download it where the hub is reachable (`hf download {source} --local-dir DIR`) and pass the "
             "directory: --model DIR / load_model('DIR')."
         ) from err
     adapter_for(config.model_type)  # fail early, listing the supported model types
-    model = AutoModelForImageTextToText.from_pretrained(
-        source, dtype=_resolve_dtype(dtype, target), **kwargs
-    ).to(target).eval()
+    model = (
+        AutoModelForImageTextToText.from_pretrained(source, dtype=_resolve_dtype(dtype, target), **kwargs)
+        .to(target)
+        .eval()
+    )
     processor = AutoProcessor.from_pretrained(source, **kwargs)
     if config.model_type == "llava" and llava_pad_to_square:
         processor.image_processor = _pad_to_square(processor.image_processor)
@@ -189,6 +199,8 @@ def _pad_to_square(image_processor: Any) -> Any:
 
     if getattr(image_processor, "do_pad", None) is True:
         return image_processor
-    settings = {k: v for k, v in image_processor.to_dict().items() if not k.startswith("_") and k != "image_processor_type"}
+    settings = {
+        k: v for k, v in image_processor.to_dict().items() if not k.startswith("_") and k != "image_processor_type"
+    }
     settings["do_pad"] = True
     return LlavaImageProcessor(**settings)

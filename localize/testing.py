@@ -6,19 +6,73 @@ and built programmatically, image processors are constructed from their settings
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 DEFAULT_WORDS: tuple[str, ...] = tuple(
-    "the a an red blue green yellow black white circle square triangle left right top bottom middle center of on "
-    "in at above below near next to big small large tiny man woman dog cat person car tree leftmost rightmost "
-    "biggest smallest is what color shape where".split()
+    [
+        "the",
+        "a",
+        "an",
+        "red",
+        "blue",
+        "green",
+        "yellow",
+        "black",
+        "white",
+        "circle",
+        "square",
+        "triangle",
+        "left",
+        "right",
+        "top",
+        "bottom",
+        "middle",
+        "center",
+        "of",
+        "on",
+        "in",
+        "at",
+        "above",
+        "below",
+        "near",
+        "next",
+        "to",
+        "big",
+        "small",
+        "large",
+        "tiny",
+        "man",
+        "woman",
+        "dog",
+        "cat",
+        "person",
+        "car",
+        "tree",
+        "leftmost",
+        "rightmost",
+        "biggest",
+        "smallest",
+        "is",
+        "what",
+        "color",
+        "shape",
+        "where",
+    ]
 )
 
 LLAVA_SPECIALS = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
-QWEN_SPECIALS = ("<unk>", "<pad>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_SPECIALS = (
+    "<unk>",
+    "<pad>",
+    "<|endoftext|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 
 def word_tokenizer(words: Iterable[str], specials: Sequence[str], bos: str | None = None, **special_kwargs):
@@ -63,7 +117,9 @@ def tiny_llava(
         LlavaProcessor,
     )
 
-    tokenizer = word_tokenizer(words, LLAVA_SPECIALS, bos="<s>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
+    tokenizer = word_tokenizer(
+        words, LLAVA_SPECIALS, bos="<s>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"}
+    )
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden,
         intermediate_size=vision_hidden * 2,

@@ -25,4 +25,12 @@ def adapter_for(model_type: str) -> type[Adapter]:
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "LlavaAdapter", "PreparedBatch", "Qwen2VLAdapter", "adapter_for", "supported_model_types"]
+__all__ = [
+    "ADAPTERS",
+    "Adapter",
+    "LlavaAdapter",
+    "PreparedBatch",
+    "Qwen2VLAdapter",
+    "adapter_for",
+    "supported_model_types",
+]

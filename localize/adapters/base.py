@@ -6,8 +6,9 @@ Everything else in the toolkit is model-agnostic and talks to a model only throu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image

@@ -31,13 +31,13 @@ class Qwen2VLAdapter(Adapter):
         _, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][index])
         rows, cols = grid_h // self.merge_size, grid_w // self.merge_size
         width, height = image_size
-        return GridGeometry(rows=rows, cols=cols, image_size=(width, height), x_scale=width / cols, y_scale=height / rows)
+        return GridGeometry(
+            rows=rows, cols=cols, image_size=(width, height), x_scale=width / cols, y_scale=height / rows
+        )
 
     def position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """M-RoPE position ids ``[3, B, L]`` over the full sequences (never the model's stored rope_deltas)."""
-        rope_inputs = {
-            k: inputs[k] for k in ("mm_token_type_ids", "image_grid_thw", "attention_mask") if k in inputs
-        }
+        rope_inputs = {k: inputs[k] for k in ("mm_token_type_ids", "image_grid_thw", "attention_mask") if k in inputs}
         positions, _ = self.model.model.get_rope_index(inputs["input_ids"], **rope_inputs)
         return positions
 

@@ -1,0 +1,93 @@
+"""Published localization heads, used by ``heads="auto"``.
+
+Source: Kang, Kim, Kim, Hwang, "Your Large Vision-Language Model Only Needs A Few Attention Heads For Visual
+Grounding", CVPR 2025 (arXiv:2503.06287): LLaVA-1.5-7B -> L14 H24, L14 H13; LLaVA-1.5-13B -> L15 H39, L16 H30, L7 H2.
+
+Indexing -- our reading: the paper's layer and head numbers are 0-based (layer 0 = the first decoder layer, head 0 =
+the first head), which is also this toolkit's convention. Why:
+
+* the paper's figures index layers from 0 (as we read them);
+* public copies of the authors' code (github.com/MICV-yonsei/LocalizationHeads; copies stored as
+  aysanaghazadeh/LocalizationHeads ``localization_heads_finder.py`` and liu-hanyu-97/LocalizationHeads
+  ``analyze.py``) stack the per-layer attentions by their 0-based ``layer_idx`` / Hugging Face ``output_attentions``
+  position and report the ``for l in range(L): for h in range(H)`` indices unchanged;
+* a public re-run of that code on 1,000 RefCOCO training samples with ``liuhaotian/llava-v1.5-7b``
+  (liu-hanyu-97/LocalizationHeads, ``outputs/results/liuhaotian-llava-v1.5-7b/batch_selected_heads.json``) selects
+  layer 14 head 24 most often (57% of samples) and also layer 14 head 13 -- the paper's 7B heads, read 0-based.
+
+We could not run the models here, so this remains an assumption, strongest for the 7B heads; the 13B heads follow
+the same convention but were not re-derived. ``localize discover`` re-derives heads for any model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from localize.errors import HeadsMismatchError
+
+from .headsfile import format_head
+
+__all__ = ["PUBLISHED", "PublishedHeads", "published_entry", "published_heads"]
+
+PAPER = "Kang et al., CVPR 2025, arXiv:2503.06287"
+
+
+@dataclass(frozen=True)
+class PublishedHeads:
+    """Heads (0-based ``(layer, head)``) published for one model, with where they come from."""
+
+    heads: tuple[tuple[int, int], ...]
+    num_layers: int
+    num_heads: int
+    source: str
+    note: str = ""
+
+    @property
+    def heads_str(self) -> list[str]:
+        """The heads as ``"L14 H24"`` strings."""
+        return [format_head(h) for h in self.heads]
+
+
+_LLAVA_7B = PublishedHeads(
+    heads=((14, 24), (14, 13)),
+    num_layers=32,
+    num_heads=32,
+    source=PAPER,
+    note="0-based reading, consistent with a public re-run of the authors' code (L14 H24 chosen most often).",
+)
+_LLAVA_13B = PublishedHeads(
+    heads=((15, 39), (16, 30), (7, 2)),
+    num_layers=40,
+    num_heads=40,
+    source=PAPER,
+    note="0-based reading (assumed, as for 7B); not re-derived.",
+)
+
+# Keys are lower-case hub ids; the HF-converted and the original LLaVA checkpoints share weights.
+PUBLISHED: dict[str, PublishedHeads] = {
+    "llava-hf/llava-1.5-7b-hf": _LLAVA_7B,
+    "liuhaotian/llava-v1.5-7b": _LLAVA_7B,
+    "llava-hf/llava-1.5-13b-hf": _LLAVA_13B,
+    "liuhaotian/llava-v1.5-13b": _LLAVA_13B,
+}
+
+
+def _key(model_id: str) -> str:
+    return str(model_id).strip().rstrip("/").lower()
+
+
+def published_entry(model_id: str) -> PublishedHeads:
+    """The registry entry for a hub id (case-insensitive); :class:`HeadsMismatchError` when there is none."""
+    entry = PUBLISHED.get(_key(model_id))
+    if entry is None:
+        known = ", ".join(sorted(PUBLISHED))
+        raise HeadsMismatchError(
+            f"no published localization heads for {model_id!r} (known: {known}); "
+            "run `localize discover` on this model to find its heads, then pass the heads file"
+        )
+    return entry
+
+
+def published_heads(model_id: str) -> list[tuple[int, int]]:
+    """Published 0-based ``(layer, head)`` pairs for a hub id; :class:`HeadsMismatchError` when there is none."""
+    return list(published_entry(model_id).heads)

@@ -1,0 +1,125 @@
+"""The ``localize`` command line. Each subcommand lives beside the code it drives and is imported lazily."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import LocalizeError
+
+# name -> (module, function adding arguments, function running, help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "models": ("localize.cli", "add_models_arguments", "run_models", "list model aliases and supported families"),
+    "discover": ("heads.discover", "add_arguments", "run", "find a model's localization heads"),
+    "ground": ("localize.ground_cli", "add_arguments", "run", "ground a phrase in an image: box, mask, overlay"),
+    "demo": ("localize.ground_cli", "add_demo_arguments", "run_demo", "render a shapes scene and ground 3 expressions"),
+    "bench": ("benchmarks.bench", "add_arguments", "run", "REC / RES benchmarks, resumable; --compare two runs"),
+    "reproduce": ("benchmarks.bench", "add_reproduce_arguments", "run_reproduce", "the paper's protocol end to end"),
+    "finetune": ("finetune.train", "add_arguments", "run", "Where-to-Look fine-tuning of the localization heads"),
+}
+DATA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "check": (
+        "benchmarks.datasets",
+        "add_data_check_arguments",
+        "run_data_check",
+        "check a dataset's layout and files",
+    ),
+}
+
+
+def add_models_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``localize models``."""
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """Print the aliases and what each adapter supports."""
+    from .adapters import ADAPTERS
+    from .models import known_aliases
+
+    aliases = known_aliases()
+    families = [
+        {"family": a.family, "model_types": list(a.model_types), "template": a.default_template, "notes": a.description}
+        for a in ADAPTERS
+    ]
+    if args.json:
+        print(json.dumps({"aliases": aliases, "families": families}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="Model aliases")
+    table.add_column("alias")
+    table.add_column("resolves to")
+    for alias, target in sorted(aliases.items()):
+        table.add_row(alias, target)
+    console.print(table)
+    table = Table(title="Adapters (chosen by config.model_type)")
+    for column in ("family", "model_types", "default prompt", "notes"):
+        table.add_column(column)
+    for family in families:
+        table.add_row(family["family"], ", ".join(family["model_types"]), repr(family["template"]), family["notes"])
+    console.print(table)
+    console.print("Any hub id or local directory of a supported model_type works too: --model DIR")
+    return 0
+
+
+def _load(entry: tuple[str, str, str, str]) -> tuple[Callable, Callable]:
+    module = importlib.import_module(entry[0])
+    return getattr(module, entry[1]), getattr(module, entry[2])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (subcommands whose module is missing are left out)."""
+    parser = argparse.ArgumentParser(prog="localize", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"localize {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, entry in COMMANDS.items():
+        try:
+            add, run = _load(entry)
+        except ModuleNotFoundError as err:  # a subsystem not in this build; real import errors still surface
+            if err.name != entry[0]:
+                raise
+            continue
+        command = sub.add_parser(name, help=entry[3], description=entry[3])
+        add(command)
+        command.set_defaults(handler=run)
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    for name, entry in DATA_COMMANDS.items():
+        try:
+            add, run = _load(entry)
+        except ModuleNotFoundError as err:  # a subsystem not in this build; real import errors still surface
+            if err.name != entry[0]:
+                raise
+            continue
+        command = data_sub.add_parser(name, help=entry[3], description=entry[3])
+        add(command)
+        command.set_defaults(handler=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``localize`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except LocalizeError as err:
+        print(f"localize: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("localize: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

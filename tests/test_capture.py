@@ -1,0 +1,102 @@
+"""Captured maps equal eager ``output_attentions=True`` rows for both families, in every capture mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from localize.capture import eager_reference_maps
+from localize.errors import HeadsMismatchError, InputError
+
+PHRASES = ["the red circle", "the big man on the left of the dog"]  # different lengths
+TOL = 1e-5
+
+
+def _reference(vlm, images, phrases, queries=None):
+    batch = vlm.adapter.prepare(images, phrases)
+    return eager_reference_maps(vlm.model, vlm.adapter, batch, queries), batch
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+@pytest.mark.parametrize("reuse_prefix", [False, True])
+def test_all_heads_equal_eager(tiny_vlm, noise_image, early_exit, reuse_prefix):
+    reference, batch = _reference(tiny_vlm, [noise_image] * 2, PHRASES)
+    assert batch.inputs["attention_mask"].sum(1).tolist()[0] < batch.inputs["attention_mask"].shape[1]  # padded
+    tiny_vlm.capturer.forward_calls = 0
+    results = tiny_vlm.capture(noise_image, PHRASES, early_exit=early_exit, reuse_prefix=reuse_prefix)
+    assert tiny_vlm.capturer.forward_calls == (2 if reuse_prefix else 1)  # prefix pass + one batched suffix pass
+    for result, ref in zip(results, reference):
+        dense = result.dense(tiny_vlm.num_layers, tiny_vlm.num_heads)
+        assert dense.dtype == torch.float32
+        assert dense.shape == ref.shape
+        assert (dense - ref).abs().max().item() <= TOL
+        torch.testing.assert_close(result.maps.sum((-1, -2)), ref.flatten(0, 1).sum((-1, -2)), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("early_exit", [False, True])
+@pytest.mark.parametrize("reuse_prefix", [False, True])
+def test_head_subset_equals_eager(tiny_vlm, noise_image, early_exit, reuse_prefix):
+    heads = [(2, 1), (1, 3), (2, 0)]  # unsorted, several per layer, below the last layer
+    reference, _ = _reference(tiny_vlm, [noise_image] * 2, PHRASES)
+    results = tiny_vlm.capture(noise_image, PHRASES, heads, early_exit=early_exit, reuse_prefix=reuse_prefix)
+    for result, ref in zip(results, reference):
+        assert result.heads == tuple(heads)
+        expected = torch.stack([ref[layer, head] for layer, head in heads])
+        assert (result.maps - expected).abs().max().item() <= TOL
+        assert (result.select([(1, 3)])[0] - ref[1, 3]).abs().max().item() <= TOL
+
+
+def test_one_image_per_phrase(tiny_vlm, noise_image):
+    other = noise_image.transpose(0).resize((120, 150))  # a different, portrait image
+    reference, _ = _reference(tiny_vlm, [noise_image, other], PHRASES)
+    results = tiny_vlm.capture([noise_image, other], PHRASES)
+    for result, ref in zip(results, reference):
+        assert (result.dense(tiny_vlm.num_layers, tiny_vlm.num_heads) - ref).abs().max().item() <= TOL
+    assert results[1].geometry.image_size == (120, 150)
+
+
+def test_explicit_query_position(tiny_vlm, noise_image):
+    batch = tiny_vlm.adapter.prepare([noise_image] * 2, PHRASES)
+    queries = batch.last_positions - 1  # the second-to-last real token
+    reference = eager_reference_maps(tiny_vlm.model, tiny_vlm.adapter, batch, queries)
+    results = tiny_vlm.capture(noise_image, PHRASES, query_positions=[-2, -2])
+    for result, ref, q in zip(results, reference, queries):
+        assert result.query_position == int(q)
+        assert (result.dense(tiny_vlm.num_layers, tiny_vlm.num_heads) - ref).abs().max().item() <= TOL
+
+
+def test_left_padding_falls_back_and_stays_exact(tiny_llava_vlm, noise_image):
+    tokenizer = tiny_llava_vlm.processor.tokenizer
+    tokenizer.padding_side = "left"
+    try:
+        reference, batch = _reference(tiny_llava_vlm, [noise_image] * 2, PHRASES)
+        assert batch.inputs["attention_mask"][0, 0] == 0
+        results = tiny_llava_vlm.capture(noise_image, PHRASES)
+    finally:
+        tokenizer.padding_side = "right"
+    for result, ref in zip(results, reference):
+        assert (result.dense(tiny_llava_vlm.num_layers, tiny_llava_vlm.num_heads) - ref).abs().max().item() <= TOL
+
+
+def test_differentiable_capture_reaches_parameters(tiny_llava_vlm, noise_image):
+    model = tiny_llava_vlm.model
+    with torch.enable_grad():
+        result = tiny_llava_vlm.capture(noise_image, ["the red circle"], [(1, 0)], differentiable=True)[0]
+        assert result.maps.requires_grad
+        result.maps.pow(2).sum().backward()
+    q_grad = model.model.language_model.layers[1].self_attn.q_proj.weight.grad
+    assert q_grad is not None and q_grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
+def test_bad_requests(tiny_llava_vlm, noise_image):
+    with pytest.raises(InputError, match="empty"):
+        tiny_llava_vlm.capture(noise_image, ["   "])
+    with pytest.raises(HeadsMismatchError, match="does not fit"):
+        tiny_llava_vlm.capture(noise_image, ["the dog"], [(tiny_llava_vlm.num_layers, 0)])
+    with pytest.raises(HeadsMismatchError, match="does not fit"):
+        tiny_llava_vlm.capture(noise_image, ["the dog"], [(0, tiny_llava_vlm.num_heads)])
+    with pytest.raises(InputError, match="longer than the model's context"):
+        tiny_llava_vlm.capture(noise_image, ["dog " * 5000])
+    with pytest.raises(InputError, match="query positions"):
+        tiny_llava_vlm.capture(noise_image, ["the dog"], query_positions=[10_000])

@@ -1,0 +1,97 @@
+"""The grid -> pixel geometry matches what each processor actually did, on non-square images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localize.geometry import GridGeometry
+from localize.models import VLM
+from localize.testing import tiny_llava
+
+
+def _coordinate_image(width: int, height: int) -> Image.Image:
+    """Red = x, green = y (both < 256), so a processed pixel tells where it came from."""
+    xs, ys = np.meshgrid(np.arange(width), np.arange(height))
+    return Image.fromarray(np.stack([xs, ys, np.zeros_like(xs)], -1).astype(np.uint8))
+
+
+def _unnormalize(values: np.ndarray, image_processor) -> np.ndarray:
+    mean = np.asarray(image_processor.image_mean)[:, None]
+    std = np.asarray(image_processor.image_std)[:, None]
+    return (values * std + mean) * 255.0
+
+
+def _check_cells(geometry: GridGeometry, cell_means: np.ndarray, width: int, height: int) -> int:
+    """cell_means[r, c] = (x, y) decoded from the cell's processed pixels; compare with the cell box centre."""
+    checked = 0
+    for row in range(geometry.rows):
+        for col in range(geometry.cols):
+            x0, y0, x1, y1 = geometry.cell_box(row, col)
+            if x0 < 1 or y0 < 1 or x1 > width - 1 or y1 > height - 1:
+                continue  # cells touching padding or the border mix in the fill colour
+            cx, cy = (x0 + x1) / 2 - 0.5, (y0 + y1) / 2 - 0.5  # pixel-centre coordinates
+            assert abs(cell_means[row, col, 0] - cx) < 1.0, (row, col)
+            assert abs(cell_means[row, col, 1] - cy) < 1.0, (row, col)
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("pad", [True, False])
+@pytest.mark.parametrize("size", [(200, 120), (90, 180)])
+def test_llava_cells_map_to_their_source_region(size, pad):
+    vlm = VLM(*tiny_llava(image_size=96, patch_size=8, pad_to_square=pad))
+    width, height = size
+    image = _coordinate_image(width, height)
+    batch = vlm.adapter.prepare([image], ["the dog"])
+    geometry = batch.geometries[0]
+    pixels = batch.inputs["pixel_values"][0].numpy()  # [3, S, S]
+    rows, cols, p = geometry.rows, geometry.cols, 8
+    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, p, cols, p)
+    cell_means = values.mean(axis=(2, 4)).transpose(1, 2, 0)
+    assert _check_cells(geometry, cell_means, width, height) > rows * cols // 4
+    if pad:
+        assert geometry.x_scale == pytest.approx(geometry.y_scale)
+    else:  # center crop cuts the long side: some pixels map to no cell
+        heat = geometry.to_image(np.ones((rows, cols)))
+        assert heat.min() == 0.0 and heat.max() == 1.0
+
+
+@pytest.mark.parametrize("size", [(200, 120), (110, 230)])
+def test_qwen_cells_map_to_their_source_region(tiny_qwen_vlm, size):
+    width, height = size
+    image = _coordinate_image(width, height)
+    batch = tiny_qwen_vlm.adapter.prepare([image], ["the dog"])
+    geometry = batch.geometries[0]
+    processor = tiny_qwen_vlm.processor.image_processor
+    merge, patch, temporal = processor.merge_size, processor.patch_size, processor.temporal_patch_size
+    flat = (
+        batch.inputs["pixel_values"]
+        .numpy()
+        .reshape(geometry.rows * geometry.cols, merge * merge, 3, temporal, patch, patch)
+    )
+    channels = flat.mean(axis=(1, 3, 4, 5))  # [tokens, 3]
+    cell_means = _unnormalize(channels.T, processor).T.reshape(geometry.rows, geometry.cols, 3)
+    assert geometry.rows != geometry.cols
+    assert _check_cells(geometry, cell_means, width, height) > geometry.rows * geometry.cols // 4
+
+
+def test_mask_and_box_to_grid_area_average():
+    geometry = GridGeometry(rows=2, cols=4, image_size=(8, 6), x_scale=2.0, y_scale=4.0, x_offset=0.0, y_offset=-1.0)
+    mask = np.zeros((6, 8), bool)
+    mask[0:2, 0:2] = True  # half of cell (0, 0): 2x2 of its 2x4 pixels
+    grid = geometry.mask_to_grid(mask)
+    assert grid[0, 0] == pytest.approx(0.5) and grid.sum() == pytest.approx(0.5)
+    np.testing.assert_allclose(geometry.box_to_grid((0, 0, 2, 2)), grid, atol=1e-6)
+    full = geometry.mask_to_grid(np.ones((6, 8), bool))
+    np.testing.assert_allclose(full, [[0.75] * 4, [0.75] * 4])  # padding (1 px above, 1 below) counts as uncovered
+
+
+def test_to_image_drops_padding_and_keeps_blocks():
+    geometry = GridGeometry(rows=4, cols=4, image_size=(8, 4), x_scale=2.0, y_scale=2.0, x_offset=0.0, y_offset=-2.0)
+    grid = np.arange(16, dtype=np.float32).reshape(4, 4)
+    image = geometry.to_image(grid, interpolation="nearest")
+    assert image.shape == (4, 8)
+    np.testing.assert_array_equal(image[0, ::2], grid[1])  # row 1 is the first visible row
+    np.testing.assert_array_equal(image[3, ::2], grid[2])

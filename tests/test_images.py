@@ -1,0 +1,61 @@
+"""Images from paths, PIL and arrays become RGB, EXIF-rotated; unreadable input names the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from localize.errors import ImageError
+from localize.images import load_image
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "CMYK", "L", "1", "I;16", "F"])
+def test_modes_become_rgb(mode):
+    image = Image.new("RGB", (7, 5), (200, 30, 10)).convert(mode)
+    out = load_image(image)
+    assert out.mode == "RGB" and out.size == (7, 5)
+
+
+def test_transparent_pixels_composite_on_white():
+    image = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert load_image(image).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_applied(tmp_path):
+    image = Image.new("RGB", (30, 10), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 5, 10))  # white stripe on the left
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    out = load_image(path)
+    assert out.size == (10, 30)
+    assert out.getpixel((5, 1))[0] > 200  # the stripe is now on top
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((5, 6), np.uint8),
+        np.ones((5, 6, 1), np.float32),
+        np.zeros((5, 6, 4), np.uint8),
+        np.full((5, 6, 3), 300, np.int32),
+    ],
+)
+def test_arrays(array):
+    out = load_image(array)
+    assert out.mode == "RGB" and out.size == (6, 5)
+
+
+def test_unreadable_file_named(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageError, match="broken.jpg"):
+        load_image(bad)
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="shape"):
+        load_image(np.zeros((2, 2, 2, 2)))
+    with pytest.raises(ImageError, match="unsupported image type"):
+        load_image(42)
