@@ -35,6 +35,12 @@ class GroundingSample:
     split: str = ""
     meta: dict = field(default_factory=dict)
 
+    def load_image(self) -> Image.Image:
+        """The RGB image in stored-pixel orientation: COCO-style annotations ignore EXIF rotation tags."""
+        from localize.images import load_image
+
+        return load_image(self.image, exif_transpose=False)
+
     @property
     def has_mask(self) -> bool:
         """Whether a target mask is available."""

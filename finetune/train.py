@@ -36,7 +36,6 @@ import torch
 
 from localize.capture import Head, all_heads
 from localize.errors import InputError
-from localize.images import load_image
 
 from .attention import QUERY_MODES, build_training_batch, forward_with_attention
 from .losses import ATTENTION_LOSSES, COMBINE_MODES, SCHEDULES, attention_loss, lambda_schedule
@@ -502,7 +501,7 @@ def train(
                     accelerator.num_processes,
                 )
             ]
-            images = [load_image(s.image) for s in picked]
+            images = [s.load_image() for s in picked]
             batch = build_training_batch(
                 vlm.adapter,
                 images,

@@ -1,8 +1,10 @@
-"""Localization-head discovery: scoring (S_img, spatial entropy, tau, votes), the heads file, published heads, figures.
+"""Localization-head discovery: scoring (S_img, spatial entropy, tau, votes), the heads file, published heads, figures,
+the discovery run (:mod:`heads.discover`, ``localize discover``) and :func:`load_heads_for` (heads for inference).
 
 Figures live in :mod:`heads.figures` (imported lazily: matplotlib is only loaded when a figure is drawn).
 """
 
+from .discover import DiscoveryResult, ResolvedHeads, load_heads_for
 from .headsfile import HeadsFile, format_head, load_heads, parse_heads, save_heads, validate_heads
 from .registry import PUBLISHED, PublishedHeads, published_entry, published_heads
 from .scoring import (
@@ -21,12 +23,15 @@ _FIGURES = ("plot_sum_curve", "plot_frequency_bars", "plot_rank_iou")
 
 __all__ = [
     "PUBLISHED",
+    "DiscoveryResult",
     "HeadsFile",
     "PublishedHeads",
+    "ResolvedHeads",
     "attention_sum",
     "finite_mean",
     "format_head",
     "load_heads",
+    "load_heads_for",
     "max_curvature_threshold",
     "parse_heads",
     "plot_frequency_bars",

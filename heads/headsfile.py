@@ -163,6 +163,7 @@ def save_heads(path: str | os.PathLike, heads_file: HeadsFile | None = None, /, 
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a heads file is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

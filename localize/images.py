@@ -12,20 +12,21 @@ from .errors import ImageError
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 
-def load_image(image: ImageLike) -> Image.Image:
-    """Return ``image`` as an RGB PIL image (EXIF orientation applied; RGBA/LA/P/CMYK/L/I/F converted)."""
+def load_image(image: ImageLike, exif_transpose: bool = True) -> Image.Image:
+    """Return ``image`` as an RGB PIL image (RGBA/LA/P/CMYK/L/I/F converted; EXIF orientation applied unless
+    ``exif_transpose=False``, as for dataset images whose annotations are in stored-pixel orientation)."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         try:
             with Image.open(path) as opened:
                 opened.load()
-                pil = ImageOps.exif_transpose(opened)
+                pil = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
         except FileNotFoundError as err:
             raise ImageError(f"image not found: {path}") from err
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ImageError(f"cannot read image {path}: {err}") from err
     elif isinstance(image, Image.Image):
-        pil = ImageOps.exif_transpose(image)
+        pil = ImageOps.exif_transpose(image) if exif_transpose else image
     elif isinstance(image, np.ndarray):
         pil = _array_to_pil(image)
     else:

@@ -59,3 +59,16 @@ def test_unreadable_file_named(tmp_path):
         load_image(np.zeros((2, 2, 2, 2)))
     with pytest.raises(ImageError, match="unsupported image type"):
         load_image(42)
+
+
+def test_dataset_images_keep_stored_orientation(tmp_path):
+    from benchmarks.data import GroundingSample
+
+    image = Image.new("RGB", (30, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    image.save(path, exif=exif)
+    sample = GroundingSample("s", str(path), "a thing", (0, 0, 5, 5), (30, 10))
+    assert sample.load_image().size == (30, 10)  # annotations are in stored-pixel orientation
+    assert load_image(path, exif_transpose=False).size == (30, 10)
