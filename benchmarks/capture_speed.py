@@ -41,31 +41,39 @@ def _rss_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1))
 
 
-def _worker(mode: str, args: argparse.Namespace) -> dict:
-    import gc
-
+def realistic_llava(layers: int = 8, hidden: int = 512, heads: int = 8):
+    """A random-weight LLaVA of realistic shape for a CPU (24x24 = 576 image tokens) and a 640x480 test image."""
     import numpy as np
-    import torch
     from PIL import Image
 
-    from localize.capture import eager_reference_maps
     from localize.models import VLM
     from localize.testing import tiny_llava
 
-    torch.set_num_threads(args.threads)
     model, processor = tiny_llava(
         image_size=336,
         patch_size=14,
         vision_hidden=64,
         vision_layers=2,
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        kv_heads=args.heads,
-        intermediate=args.hidden * 11 // 4,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=heads,
+        intermediate=hidden * 11 // 4,
     )
-    vlm = VLM(model, processor)
     image = Image.fromarray((np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8))
+    return VLM(model, processor), image
+
+
+def _worker(mode: str, args: argparse.Namespace) -> dict:
+    import gc
+
+    import torch
+
+    from localize.capture import eager_reference_maps
+
+    torch.set_num_threads(args.threads)
+    vlm, image = realistic_llava(args.layers, args.hidden, args.heads)
+    model = vlm.model
     # Mid-depth at LLaVA-1.5-7B's published heads' relative depth (L14 of 32 layers): L3 of 8.
     mid = args.layers * 14 // 32
     mid_heads = [(mid, 1), (mid, 2), (mid, 5 % args.heads)]
