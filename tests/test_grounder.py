@@ -82,3 +82,41 @@ def test_sam_refines_through_the_api(tiny_llava_vlm, noise_image):
     for g in results:
         assert g.mask.shape == (noise_image.height, noise_image.width)
         assert g.sam_score is not None
+
+
+def test_cli_ground_writes_json_and_overlay(tmp_path, noise_image):
+    import json
+
+    from localize.cli import main
+    from localize.testing import tiny_llava
+
+    model, processor = tiny_llava()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    image = tmp_path / "scene.png"
+    noise_image.save(image)
+    out, viz = tmp_path / "result.json", tmp_path / "overlay.png"
+    code = main(
+        [
+            "ground",
+            str(image),
+            "the red circle",
+            "--model",
+            str(tmp_path / "model"),
+            "--heads",
+            "L2 H0,L3 H1",
+            "--out",
+            str(out),
+            "--viz",
+            str(viz),
+            "--scale-smoothing",
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["heads"] == [[2, 0], [3, 1]]
+    assert result["results"][0]["mask_rle"]["size"] == [noise_image.height, noise_image.width]
+    assert result["settings"]["scale_to_grid"] is True and result["model"]["model_type"] == "llava"
+    assert viz.stat().st_size > 1000
+    assert main(["ground", str(image), "  ", "--model", str(tmp_path / "model"), "--heads", "L2 H0"]) == 2
+    assert main(["ground", str(image), "a dog", "--model", str(tmp_path / "model"), "--heads", "L9 H0"]) == 2
