@@ -118,7 +118,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from benchmarks.metrics import box_iou
 
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 1_000_000_000)
-    size = args.image_size or getattr(shapes, "DEFAULT_IMAGE_SIZE", 128)
+    size = args.image_size or shapes.DEFAULT_IMAGE_SIZE
     scene, expressions = shapes.sample_scene(seed, args.difficulty, size)
     rng = np.random.default_rng(seed)
     chosen = [expressions[i] for i in rng.permutation(len(expressions))[: args.count]]

@@ -1,0 +1,331 @@
+"""The shapes world: seeded scenes of coloured shapes with referring expressions, boxes, masks and text answers.
+
+A scene holds a few non-overlapping objects (shape, colour, size class, position) on a plain or noisy background.
+A grammar produces referring expressions that pick exactly one object:
+
+- attribute: "the red circle", "the triangle", "the blue object";
+- superlative: "the leftmost square", "the biggest red object", "the topmost object";
+- relation: "the circle above the blue square", "the square left of the red triangle".
+
+Each expression's ``answer`` describes the referred object: "{size} x{col} y{row} {color} {shape}", where the size
+word is the object's size class and ``x``/``y`` its centre on a coarse 8 x 8 grid of the image (positions named in
+words, as LLaVA-1.5's data mix does; no pixel coordinates). Splits are disjoint ranges of scene seeds; difficulty
+1 (3-5 objects, attribute expressions, plain background), 2 (5-8 objects, + superlatives), 3 (5-8 objects,
++ relations, noisy background).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .data import GroundingSample
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (50, 90, 230),
+    "yellow": (230, 210, 40),
+    "purple": (150, 60, 200),
+}
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+SIZE_WORDS: tuple[str, ...] = ("tiny", "small", "medium", "large")
+# Side of each size class, as a fraction of the image side (128 px: 18, 25, 33, 42 px).
+SIZE_FRACTIONS: tuple[float, ...] = (0.14, 0.195, 0.26, 0.33)
+POSITION_BINS = 8
+DEFAULT_IMAGE_SIZE = 128
+SPLIT_BASES: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
+SPLIT_CAPACITY = 1_000_000_000
+RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
+SUPERLATIVES: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommost", "biggest", "smallest")
+
+# Every word the world produces (expressions and answers), for building a tokenizer.
+VOCABULARY: tuple[str, ...] = tuple(
+    ["the", "object", "of", "above", "below", "left", "right", *SUPERLATIVES, *COLORS, *SHAPES, *SIZE_WORDS]
+    + [f"x{i}" for i in range(POSITION_BINS)]
+    + [f"y{i}" for i in range(POSITION_BINS)]
+)
+
+
+@dataclass
+class ShapeObject:
+    """One object of a scene: its attributes, its axis-aligned box (continuous pixels) and its mask."""
+
+    shape: str
+    color: str
+    size_class: int
+    box: tuple[float, float, float, float]
+    mask: np.ndarray = field(repr=False)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """Box centre (x, y) in pixels."""
+        return ((self.box[0] + self.box[2]) / 2.0, (self.box[1] + self.box[3]) / 2.0)
+
+    @property
+    def size_word(self) -> str:
+        """The size class as a word."""
+        return SIZE_WORDS[self.size_class]
+
+
+@dataclass
+class Scene:
+    """A rendered scene: the RGB image, its objects and the settings it was drawn with."""
+
+    seed: int
+    image: Image.Image
+    objects: list[ShapeObject]
+    difficulty: int
+    image_size: int
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A referring expression, the index of the object it picks, and its kind."""
+
+    text: str
+    target: int
+    kind: str
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], fill) -> None:
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    elif shape == "square":
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=fill)
+    else:
+        draw.polygon([((x0 + x1 - 1) / 2.0, y0), (x1 - 1, y1 - 1), (x0, y1 - 1)], fill=fill)
+
+
+def _level_settings(difficulty: int) -> tuple[int, int, bool]:
+    if difficulty not in (1, 2, 3):
+        raise ValueError(f"difficulty must be 1, 2 or 3, got {difficulty}")
+    return {1: (3, 5, False), 2: (5, 8, False), 3: (5, 8, True)}[difficulty]
+
+
+def render_scene(seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE_SIZE) -> Scene:
+    """Draw the scene of ``seed``: 3-8 non-overlapping objects with repeated attributes; deterministic."""
+    lo, hi, noisy = _level_settings(difficulty)
+    rng = np.random.default_rng([int(seed), int(difficulty), int(image_size)])
+    n_objects = int(rng.integers(lo, hi + 1))
+    # Repeated attributes: draw from a small palette per scene so that single words rarely pick one object.
+    palette = rng.choice(len(COLORS), size=min(len(COLORS), int(rng.integers(2, 5))), replace=False)
+    color_names = list(COLORS)
+    background = np.full((image_size, image_size, 3), int(rng.integers(20, 70)), dtype=np.float32)
+    if noisy:
+        background += rng.normal(0.0, 18.0, size=background.shape).astype(np.float32)
+    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    objects: list[ShapeObject] = []
+    occupied = np.zeros((image_size, image_size), dtype=bool)
+    gap = max(2, image_size // 40)
+    attempts = 0
+    while len(objects) < n_objects and attempts < 400:
+        attempts += 1
+        size_class = int(rng.integers(len(SIZE_WORDS)))
+        side = int(round(SIZE_FRACTIONS[size_class] * image_size * rng.uniform(0.95, 1.05)))
+        x0 = int(rng.integers(0, image_size - side + 1))
+        y0 = int(rng.integers(0, image_size - side + 1))
+        if occupied[max(0, y0 - gap) : y0 + side + gap, max(0, x0 - gap) : x0 + side + gap].any():
+            continue
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        color = color_names[int(palette[int(rng.integers(len(palette)))])]
+        jitter = rng.integers(-15, 16, size=3)
+        fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLORS[color], jitter))
+        mask_image = Image.new("1", (image_size, image_size), 0)
+        _draw_shape(ImageDraw.Draw(mask_image), shape, (x0, y0, x0 + side, y0 + side), 1)
+        mask = np.array(mask_image, dtype=bool)
+        _draw_shape(draw, shape, (x0, y0, x0 + side, y0 + side), fill)
+        ys, xs = np.nonzero(mask)
+        box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+        occupied[y0 : y0 + side, x0 : x0 + side] = True
+        objects.append(ShapeObject(shape=shape, color=color, size_class=size_class, box=box, mask=mask))
+    return Scene(seed=int(seed), image=canvas, objects=objects, difficulty=difficulty, image_size=image_size)
+
+
+def answer_for(obj: ShapeObject, image_size: int) -> str:
+    """The text answer about ``obj``: "{size} x{col} y{row} {color} {shape}" (8 x 8 position bins)."""
+    cx, cy = obj.center
+    col = min(POSITION_BINS - 1, int(cx * POSITION_BINS / image_size))
+    row = min(POSITION_BINS - 1, int(cy * POSITION_BINS / image_size))
+    return f"{obj.size_word} x{col} y{row} {obj.color} {obj.shape}"
+
+
+def _descriptions(obj: ShapeObject) -> list[tuple[str, Callable]]:
+    """Descriptions that ``obj`` satisfies, each with its predicate."""
+    return [
+        (f"{obj.color} {obj.shape}", lambda o, c=obj.color, s=obj.shape: o.color == c and o.shape == s),
+        (obj.shape, lambda o, s=obj.shape: o.shape == s),
+        (f"{obj.color} object", lambda o, c=obj.color: o.color == c),
+    ]
+
+
+def _relation_holds(relation: str, a: ShapeObject, b: ShapeObject, margin: float) -> bool:
+    """Whether ``a`` is ``relation`` ``b``: the offset of centres points that way, within a 45-degree cone."""
+    dx = a.center[0] - b.center[0]
+    dy = a.center[1] - b.center[1]
+    if relation == "above":
+        return dy < -margin and abs(dx) <= abs(dy)
+    if relation == "below":
+        return dy > margin and abs(dx) <= abs(dy)
+    if relation == "left of":
+        return dx < -margin and abs(dy) <= abs(dx)
+    return dx > margin and abs(dy) <= abs(dx)
+
+
+def scene_expressions(scene: Scene) -> list[Expression]:
+    """All expressions of the grammar (up to the scene's difficulty) that pick exactly one object."""
+    objs = scene.objects
+    margin = scene.image_size / 16.0  # one 8-px patch at 128 px
+    out: list[Expression] = []
+    seen: set[str] = set()
+
+    def add(text: str, target: int, kind: str) -> None:
+        if text not in seen:
+            seen.add(text)
+            out.append(Expression(text=text, target=target, kind=kind))
+
+    for i, obj in enumerate(objs):
+        for words, pred in _descriptions(obj):
+            if sum(pred(o) for o in objs) == 1:
+                add(f"the {words}", i, "attribute")
+    if scene.difficulty >= 2:
+        keys = {
+            "leftmost": lambda o: o.center[0],
+            "rightmost": lambda o: -o.center[0],
+            "topmost": lambda o: o.center[1],
+            "bottommost": lambda o: -o.center[1],
+        }
+        for i, obj in enumerate(objs):
+            descs = [*_descriptions(obj), ("object", lambda o: True)]
+            for words, pred in descs:
+                group = [j for j, o in enumerate(objs) if pred(o)]
+                if len(group) < 2:
+                    continue
+                for sup, key in keys.items():
+                    values = sorted((key(objs[j]), j) for j in group)
+                    if values[0][1] == i and values[1][0] - values[0][0] >= margin:
+                        add(f"the {sup} {words}", i, "superlative")
+                classes = sorted((objs[j].size_class, j) for j in group)
+                if classes[-1][1] == i and classes[-1][0] > classes[-2][0]:
+                    add(f"the biggest {words}", i, "superlative")
+                if classes[0][1] == i and classes[0][0] < classes[1][0]:
+                    add(f"the smallest {words}", i, "superlative")
+    if scene.difficulty >= 3:
+        for k, anchor in enumerate(objs):
+            anchor_words = f"{anchor.color} {anchor.shape}"
+            if sum(o.color == anchor.color and o.shape == anchor.shape for o in objs) != 1:
+                continue
+            for i, obj in enumerate(objs):
+                if i == k:
+                    continue
+                for words, pred in _descriptions(obj)[:2]:
+                    group = [j for j, o in enumerate(objs) if j != k and pred(o)]
+                    if len(group) < 2:
+                        continue  # the relation must matter
+                    for rel in RELATIONS:
+                        hits = [j for j in group if _relation_holds(rel, objs[j], anchor, margin)]
+                        if hits == [i]:
+                            add(f"the {words} {rel} the {anchor_words}", i, "relation")
+    return out
+
+
+def choose_expression(expressions: list[Expression], rng: np.random.Generator) -> Expression:
+    """Pick a kind uniformly among those present, then an expression of that kind uniformly."""
+    kinds = sorted({e.kind for e in expressions})
+    kind = kinds[int(rng.integers(len(kinds)))]
+    pool = [e for e in expressions if e.kind == kind]
+    return pool[int(rng.integers(len(pool)))]
+
+
+def make_sample(scene: Scene, expression: Expression, split: str, index: int) -> GroundingSample:
+    """The ``GroundingSample`` of one expression of a scene."""
+    obj = scene.objects[expression.target]
+    size = scene.image_size
+    return GroundingSample(
+        sample_id=f"shapes-{split}-d{scene.difficulty}-{scene.seed}",
+        image=scene.image,
+        expression=expression.text,
+        box=obj.box,
+        image_size=(size, size),
+        mask_array=obj.mask,
+        answer=answer_for(obj, size),
+        dataset="shapes",
+        split=split,
+        meta={
+            "seed": scene.seed,
+            "kind": expression.kind,
+            "target": expression.target,
+            "difficulty": scene.difficulty,
+            "objects": [
+                {"shape": o.shape, "color": o.color, "size": o.size_word, "box": list(o.box)} for o in scene.objects
+            ],
+        },
+    )
+
+
+def scene_seed(split: str, index: int, seed_offset: int = 0) -> int:
+    """The scene seed of ``index`` in ``split``: splits are disjoint seed ranges."""
+    if split not in SPLIT_BASES:
+        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_BASES)}")
+    local = int(seed_offset) + int(index)
+    if not 0 <= local < SPLIT_CAPACITY:
+        raise IndexError(f"index {index} + seed_offset {seed_offset} is outside the split's seed range")
+    return SPLIT_BASES[split] + local
+
+
+def sample_scene(seed: int, difficulty: int, image_size: int) -> tuple[Scene, list[Expression]]:
+    """The scene of ``seed`` with its valid expressions; re-draws (deterministically) a scene with none."""
+    attempt = 0
+    while True:
+        scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size)
+        scene.seed = seed
+        expressions = scene_expressions(scene)
+        if expressions:
+            return scene, expressions
+        attempt += 1
+
+
+class ShapesDataset:
+    """A split of the shapes world: ``size`` samples, one expression per scene, deterministic per index."""
+
+    name = "shapes"
+
+    def __init__(
+        self,
+        split: str = "test",
+        size: int = 1000,
+        difficulty: int = 2,
+        seed_offset: int = 0,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+    ) -> None:
+        scene_seed(split, 0, seed_offset)  # validates split and offset
+        if size < 0 or seed_offset + size > SPLIT_CAPACITY:
+            raise ValueError(f"size {size} does not fit the split's seed range")
+        _level_settings(difficulty)
+        self.split = split
+        self.size = int(size)
+        self.difficulty = int(difficulty)
+        self.seed_offset = int(seed_offset)
+        self.image_size = int(image_size)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> GroundingSample:
+        if index < 0:
+            index += self.size
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        seed = scene_seed(self.split, index, self.seed_offset)
+        scene, expressions = sample_scene(seed, self.difficulty, self.image_size)
+        rng = np.random.default_rng([seed, self.difficulty, 17])
+        return make_sample(scene, choose_expression(expressions, rng), self.split, index)
+
+    def __iter__(self) -> Iterator[GroundingSample]:
+        for index in range(self.size):
+            yield self[index]

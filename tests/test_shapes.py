@@ -1,0 +1,80 @@
+"""The shapes world: every expression picks exactly one object; deterministic; disjoint splits; boxes = masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import shapes
+from benchmarks.data import GroundingSample
+
+KEYS = {"leftmost": (0, 1), "rightmost": (0, -1), "topmost": (1, 1), "bottommost": (1, -1)}
+
+
+def _matches(obj: shapes.ShapeObject, words: list[str]) -> bool:
+    """An independent reading of a noun group: [color] (shape | object)."""
+    *color, noun = words
+    return (not color or obj.color == color[0]) and (noun == "object" or obj.shape == noun)
+
+
+def _referents(scene: shapes.Scene, text: str) -> list[int]:
+    """Objects the expression describes, read independently of the grammar's generator."""
+    objs = scene.objects
+    margin = scene.image_size / 16.0
+    words = text.split()[1:]  # drop "the"
+    for rel in shapes.RELATIONS:
+        token = f" {rel} the "
+        if token in f" {' '.join(words)} ":
+            head, anchor = " ".join(words).split(f" {rel} the ")
+            anchors = [k for k, o in enumerate(objs) if _matches(o, anchor.split())]
+            assert len(anchors) == 1, text
+            k = anchors[0]
+            return [
+                i
+                for i, o in enumerate(objs)
+                if i != k and _matches(o, head.split()) and shapes._relation_holds(rel, o, objs[k], margin)
+            ]
+    if words[0] in KEYS or words[0] in ("biggest", "smallest"):
+        group = [i for i, o in enumerate(objs) if _matches(o, words[1:])]
+        if words[0] in KEYS:
+            axis, sign = KEYS[words[0]]
+            values = sorted((sign * objs[i].center[axis], i) for i in group)
+            return [values[0][1]] if values[1][0] - values[0][0] >= margin else []
+        sign = -1 if words[0] == "biggest" else 1
+        values = sorted((sign * objs[i].size_class, i) for i in group)
+        return [values[0][1]] if values[0][0] < values[1][0] else []
+    return [i for i, o in enumerate(objs) if _matches(o, words)]
+
+
+@pytest.mark.parametrize("difficulty", [1, 2, 3])
+def test_every_expression_picks_exactly_its_target(difficulty):
+    kinds = set()
+    for seed in range(40):
+        scene, expressions = shapes.sample_scene(seed, difficulty, 128)
+        assert expressions
+        for expression in expressions:
+            assert _referents(scene, expression.text) == [expression.target], expression.text
+            kinds.add(expression.kind)
+    expected = {1: {"attribute"}, 2: {"attribute", "superlative"}, 3: {"attribute", "superlative", "relation"}}
+    assert kinds == expected[difficulty]
+
+
+def test_samples_are_deterministic_and_consistent():
+    data = shapes.ShapesDataset("val", size=12, difficulty=3)
+    for index in (0, 5, 11):
+        a, b = data[index], data[index]
+        assert isinstance(a, GroundingSample) and a.sample_id == b.sample_id and a.expression == b.expression
+        np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
+        mask = a.mask()
+        ys, xs = np.nonzero(mask)
+        assert a.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert a.answer.split()[-1] in shapes.SHAPES and set(a.answer.split()) <= set(shapes.VOCABULARY)
+        assert set(a.expression.split()) <= set(shapes.VOCABULARY)
+
+
+def test_splits_are_disjoint_seed_ranges():
+    seeds = {split: {shapes.scene_seed(split, i) for i in range(100)} for split in ("train", "val", "test")}
+    assert not (seeds["train"] & seeds["val"]) and not (seeds["val"] & seeds["test"])
+    assert shapes.ShapesDataset("train", size=3)[0].sample_id != shapes.ShapesDataset("test", size=3)[0].sample_id
+    with pytest.raises(ValueError):
+        shapes.ShapesDataset("dev")
