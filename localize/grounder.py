@@ -93,6 +93,19 @@ class Localizer:
         captured = self.vlm.capture(pil, list(phrases), list(self.heads))
         return self._finish(pil, list(phrases), captured, return_maps)
 
+    def ground_batch(
+        self, images: Sequence[ImageLike], phrases: Sequence[str], *, return_maps: bool = False
+    ) -> list[Grounding]:
+        """Ground ``phrases[i]`` in ``images[i]`` with one batched forward (images of any sizes)."""
+        if len(images) != len(phrases):
+            raise InputError(f"{len(images)} images for {len(phrases)} phrases")
+        pils = [load_image(image) for image in images]
+        captured = self.vlm.capture(pils, list(phrases), list(self.heads))
+        results: list[Grounding] = []
+        for pil, phrase, maps in zip(pils, phrases, captured):
+            results.extend(self._finish(pil, [phrase], [maps], return_maps))
+        return results
+
     def ground_phrases(self, image: ImageLike, text: str, *, return_maps: bool = False) -> list[Grounding]:
         """Ground every noun chunk of ``text`` (spaCy), each from its last token's attention inside the full text.
 

@@ -44,6 +44,16 @@ def test_ground_many_equals_ground_with_one_prefix(localizer, noise_image):
         np.testing.assert_array_equal(a.mask, b.mask)
 
 
+def test_ground_batch_equals_ground_per_image(localizer, noise_image):
+    other = noise_image.resize((90, 140))
+    batch = localizer.ground_batch([noise_image, other], ["the red circle", "a big dog on the left"], return_maps=True)
+    for g, image, phrase in zip(batch, [noise_image, other], ["the red circle", "a big dog on the left"]):
+        single = localizer.ground(image, phrase, return_maps=True)
+        np.testing.assert_allclose(g.maps, single.maps, atol=1e-5)
+        assert g.mask.shape == (image.height, image.width)
+        np.testing.assert_allclose(g.box, single.box)
+
+
 def test_noun_chunks_query_their_own_last_token(tiny_llava_vlm, noise_image):
     pytest.importorskip("spacy")
     localizer = Localizer(tiny_llava_vlm, HEADS)
