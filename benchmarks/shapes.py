@@ -7,9 +7,10 @@ A grammar produces referring expressions that pick exactly one object:
 - superlative: "the leftmost square", "the biggest red object", "the topmost object";
 - relation: "the circle above the blue square", "the square left of the red triangle".
 
-Each expression's ``answer`` describes the referred object: "{size} x{col} y{row} {color} {shape}", where the size
-word is the object's size class and ``x``/``y`` its centre on a coarse 8 x 8 grid of the image (positions named in
-words, as LLaVA-1.5's data mix does; no pixel coordinates). Splits are disjoint ranges of scene seeds; difficulty
+Each expression's ``answer`` describes the referred object: "x{col} y{row} {size} {color} {shape}", where ``x``/``y``
+name its centre on an 8 x 8 grid of the image and the size word its size class (positions named in words, as
+LLaVA-1.5's data mix does; no pixel coordinates). The position comes first: the expression's last token (the token
+the localization heads are read from) must predict it, which it can only do by finding the object. Splits are disjoint ranges of scene seeds; difficulty
 1 (3-5 objects, attribute expressions, plain background), 2 (5-8 objects, + superlatives), 3 (5-8 objects,
 + relations, noisy background).
 """
@@ -148,11 +149,11 @@ def render_scene(seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE
 
 
 def answer_for(obj: ShapeObject, image_size: int) -> str:
-    """The text answer about ``obj``: "{size} x{col} y{row} {color} {shape}" (8 x 8 position bins)."""
+    """The text answer about ``obj``: "x{col} y{row} {size} {color} {shape}" (8 x 8 position bins)."""
     cx, cy = obj.center
     col = min(POSITION_BINS - 1, int(cx * POSITION_BINS / image_size))
     row = min(POSITION_BINS - 1, int(cy * POSITION_BINS / image_size))
-    return f"{obj.size_word} x{col} y{row} {obj.color} {obj.shape}"
+    return f"x{col} y{row} {obj.size_word} {obj.color} {obj.shape}"
 
 
 def _descriptions(obj: ShapeObject) -> list[tuple[str, Callable]]:

@@ -1,0 +1,213 @@
+"""Train the tiny shapes-world LLaVA from scratch: seeded, resumable, CPU-sized.
+
+    python -m benchmarks.train_shapes --out runs/shapes --steps 3000 [--threads 2] [--seed 0]
+
+The model is a plain ``LlavaForConditionalGeneration`` built from a config (a shallow CLIP vision tower whose
+position embedding is a frozen 2-D sin-cos table, so image tokens stay local, and a small Llama), with a word-level
+tokenizer over the world's vocabulary: it goes through the toolkit's ordinary ``llava`` adapter.
+
+Objective: next-token loss on the answer only. The prompt is the toolkit's default LLaVA prompt
+``<image>\\n{expression}``, followed by the answer ``x{col} y{row} {size} {color} {shape}`` and ``</s>``: the
+expression's last token (the query the localization heads are read from) must predict the referred object's fine
+position, so nothing is answered without finding the object; no coordinates are ever read at inference.
+Curriculum: difficulty 1 scenes for the first fifth of the steps, 2 for the next two fifths, then 3.
+
+Checkpoints (``OUT/checkpoint``: weights as safetensors, optimizer state read back with ``weights_only=True``) are
+written every ``--save-every`` steps; rerunning the same command resumes. The final model and processor are
+saved with ``save_pretrained`` to ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import shapes
+
+
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """``[side * side, dim]`` 2-D sin-cos position table (half the channels for x, half for y)."""
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    ys, xs = torch.meshgrid(
+        torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32), indexing="ij"
+    )
+    out = [
+        torch.sin(xs.flatten()[:, None] * omega),
+        torch.cos(xs.flatten()[:, None] * omega),
+        torch.sin(ys.flatten()[:, None] * omega),
+        torch.cos(ys.flatten()[:, None] * omega),
+    ]
+    table = torch.cat(out, dim=1)
+    return torch.nn.functional.pad(table, (0, dim - table.shape[1]))
+
+
+def build_model(args: argparse.Namespace):
+    """The untrained model and processor (seeded)."""
+    from localize.testing import tiny_llava
+
+    model, processor = tiny_llava(
+        words=shapes.VOCABULARY,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        vision_hidden=args.vision_hidden,
+        vision_layers=args.vision_layers,
+        vision_heads=4,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.heads,
+        intermediate=args.hidden * 2,
+        seed=args.seed,
+    )
+    embeddings = model.model.vision_tower.embeddings
+    side = args.image_size // args.patch_size
+    with torch.no_grad():
+        table = torch.zeros_like(embeddings.position_embedding.weight)
+        table[1:] = sincos_2d(side, table.shape[1])  # row 0 is the CLS token
+        embeddings.position_embedding.weight.copy_(table)
+    embeddings.position_embedding.weight.requires_grad_(False)
+    return model.train(), processor
+
+
+def difficulty_at(step: int, steps: int) -> int:
+    """Easy-first curriculum: 1, then 2, then 3."""
+    return 1 if step < steps // 5 else 2 if step < 3 * steps // 5 else 3
+
+
+def make_batch(processor, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None):
+    """Inputs and labels (answer + eos only) of training step ``step`` (deterministic in the step)."""
+    size = size or args.batch_size
+    difficulty = difficulty_at(step, args.steps) if split == "train" else 3
+    data = shapes.ShapesDataset(
+        split, size=shapes.SPLIT_CAPACITY - 1, difficulty=difficulty, image_size=args.image_size
+    )
+    samples = [data[step * size + i] for i in range(size)]
+    texts = [f"<image>\n{s.expression} {s.answer} </s>" for s in samples]
+    inputs = processor(images=[s.image for s in samples], text=texts, return_tensors="pt", padding=True)
+    labels = torch.full_like(inputs["input_ids"], -100)
+    answer_len = len(samples[0].answer.split()) + 1
+    last = inputs["attention_mask"].sum(1) - 1  # right padding
+    for b in range(size):
+        stop = int(last[b]) + 1
+        labels[b, stop - answer_len : stop] = inputs["input_ids"][b, stop - answer_len : stop]
+    return dict(inputs), labels, samples
+
+
+@torch.no_grad()
+def evaluate(model, processor, args: argparse.Namespace, batches: int = 4) -> dict[str, float]:
+    """Answer accuracy on validation scenes (difficulty 3): exact answers and per-field accuracy (teacher-forced)."""
+    model.eval()
+    correct = exact = total = 0
+    for k in range(batches):
+        inputs, labels, _ = make_batch(processor, k, args, split="val", size=32)
+        logits = model(**inputs).logits[:, :-1]
+        target = labels[:, 1:]
+        hit = (logits.argmax(-1) == target) | (target == -100)
+        exact += int(hit.all(1).sum())
+        correct += int(((logits.argmax(-1) == target) & (target != -100)).sum())
+        total += int((target != -100).sum())
+    model.train()
+    return {"answer_exact": exact / (32 * batches), "token_acc": correct / total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train (or resume) and save the model."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--vision-lr", type=float, default=3e-4)
+    parser.add_argument("--image-size", type=int, default=shapes.DEFAULT_IMAGE_SIZE)
+    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--vision-hidden", type=int, default=128)
+    parser.add_argument("--vision-layers", type=int, default=1)
+    parser.add_argument("--hidden", type=int, default=192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--eval-every", type=int, default=250)
+    args = parser.parse_args(argv)
+
+    from safetensors.torch import load_file, save_file
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, processor = build_model(args)
+    vision = [p for n, p in model.named_parameters() if p.requires_grad and ("vision_tower" in n or "projector" in n)]
+    language = [
+        p for n, p in model.named_parameters() if p.requires_grad and not ("vision_tower" in n or "projector" in n)
+    ]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": language, "lr": args.lr, "weight_decay": 0.01},
+            {"params": vision, "lr": args.vision_lr, "weight_decay": 0.1},
+        ],
+        betas=(0.9, 0.98),
+    )
+    warmup = max(1, args.steps // 30)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
+    )
+    checkpoint = out / "checkpoint"
+    start = 0
+    if (checkpoint / "state.json").exists():
+        state = json.loads((checkpoint / "state.json").read_text())
+        if state["args"] != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
+            raise SystemExit(f"{checkpoint} was written with other settings; use another --out")
+        model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
+        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        schedule.load_state_dict(torch.load(checkpoint / "schedule.pt", weights_only=True))
+        start = state["step"]
+        print(f"resumed at step {start}", flush=True)
+    log = (out / "log.jsonl").open("a")
+    began = time.time()
+    for step in range(start, args.steps):
+        inputs, labels, _ = make_batch(processor, step, args)
+        loss = model(**inputs, labels=labels).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        record = {
+            "step": step + 1,
+            "loss": round(loss.item(), 4),
+            "difficulty": difficulty_at(step, args.steps),
+            "seconds": round(time.time() - began, 1),
+        }
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            record.update(evaluate(model, processor, args))
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        if (step + 1) % 25 == 0 or "answer_exact" in record:
+            print(json.dumps(record), flush=True)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            checkpoint.mkdir(exist_ok=True)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, checkpoint / "model.safetensors")
+            torch.save(optimizer.state_dict(), checkpoint / "optimizer.pt")
+            torch.save(schedule.state_dict(), checkpoint / "schedule.pt")
+            saved = {"step": step + 1, "args": {k: v for k, v in vars(args).items() if k not in ("threads",)}}
+            (checkpoint / "state.json").write_text(json.dumps(saved))
+    model.eval()
+    model.save_pretrained(out / "model")
+    processor.save_pretrained(out / "model")
+    print(f"saved {out / 'model'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
