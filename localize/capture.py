@@ -277,9 +277,8 @@ class Capturer:
     def _run(self, inputs: dict[str, torch.Tensor], recorder: _Recorder | None, **extra: Any) -> None:
         device = self.model.device
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        if not extra.get("use_cache"):
-            extra.setdefault("use_cache", False)
-            extra.setdefault("logits_to_keep", 1)
+        extra.setdefault("use_cache", False)
+        extra.setdefault("logits_to_keep", 1)  # the maps need no logits; skip the LM head over the sequence
         self.forward_calls += 1
         try:
             self.model(**inputs, localize_recorder=recorder, **extra)
