@@ -377,18 +377,8 @@ def _entries(source: Any, dataset: str, split: str, limit: int | None) -> list[_
         except _Unreadable as err:
             entries.append(_Entry(index, f"{dataset}/{split}/#{index}", f"unreadable:{index}", str(err)))
             continue
-        entries.append(_Entry(index, str(sample.sample_id), _image_key(sample)))
+        entries.append(_Entry(index, str(sample.sample_id), sample.image_key))
     return entries
-
-
-def _image_key(sample: Any) -> str:
-    if isinstance(sample.image, (str, os.PathLike)):
-        return os.fspath(sample.image)
-    meta = sample.meta or {}
-    for field in ("image_id", "file_name", "seed"):
-        if meta.get(field) is not None:
-            return f"{field}:{meta[field]}"
-    return f"sample:{sample.sample_id}"
 
 
 def _groups(entries: Iterable[_Entry]) -> list[list[_Entry]]:

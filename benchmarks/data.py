@@ -35,6 +35,16 @@ class GroundingSample:
     split: str = ""
     meta: dict = field(default_factory=dict)
 
+    @property
+    def image_key(self) -> str:
+        """Names the image, to group the samples that share it: its path, else an id in ``meta``, else the object."""
+        if isinstance(self.image, (str, os.PathLike)):
+            return os.path.abspath(os.fspath(self.image))
+        for name in ("image_id", "file_name", "seed"):
+            if self.meta.get(name) is not None:
+                return f"{self.dataset}:{name}:{self.meta[name]}"
+        return f"object:{id(self.image)}"
+
     def load_image(self) -> Image.Image:
         """The RGB image in stored-pixel orientation: COCO-style annotations ignore EXIF rotation tags."""
         from localize.images import load_image

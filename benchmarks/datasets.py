@@ -19,7 +19,7 @@ from typing import Any
 
 from localize.errors import DataError, ImageError, LocalizeError
 
-from .data import GroundingSample, SampleSource
+from .data import SampleSource
 
 REFER_NAMES = {
     "refcoco": "refcoco",
@@ -122,16 +122,6 @@ def default_splits(name: str, data_root: str | os.PathLike | None = None, **kw: 
     raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
 
 
-def _image_key(sample: GroundingSample) -> str:
-    if isinstance(sample.image, (str, os.PathLike)):
-        return os.fspath(sample.image)
-    meta = sample.meta or {}
-    for field in ("image_id", "file_name", "seed"):
-        if meta.get(field) is not None:
-            return f"{field}:{meta[field]}"
-    return f"sample:{sample.sample_id}"
-
-
 def _check_split(source: SampleSource) -> tuple[dict, set[str], list[str], list[str]]:
     images: set[str] = set()
     missing: list[str] = []
@@ -154,7 +144,7 @@ def _check_split(source: SampleSource) -> tuple[dict, set[str], list[str], list[
             unreadable.append(f"#{index}: {type(err).__name__}: {err}")
             continue
         expressions += 1
-        key = _image_key(sample)
+        key = sample.image_key
         if key not in images:
             images.add(key)
             if isinstance(sample.image, (str, os.PathLike)) and not os.path.isfile(sample.image):

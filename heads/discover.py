@@ -227,15 +227,11 @@ def _array(values: list, none: float) -> np.ndarray:
 
 
 # -- scoring ---------------------------------------------------------------------------------------------------------
-def _image_key(image: Any) -> Any:
-    return os.path.abspath(os.fspath(image)) if isinstance(image, (str, os.PathLike)) else ("object", id(image))
-
-
 def _plan(samples: Sequence[Any], batch_size: int) -> list[list[int]]:
     """Batches of sample indices: one image's samples together (prefix reuse), lone samples a few per batch."""
     by_image: dict[Any, list[int]] = {}
     for index, sample in enumerate(samples):
-        by_image.setdefault(_image_key(sample.image), []).append(index)
+        by_image.setdefault(sample.image_key, []).append(index)
     batches: list[list[int]] = []
     lone: list[int] = []
     for members in by_image.values():
@@ -249,7 +245,7 @@ def _plan(samples: Sequence[Any], batch_size: int) -> list[list[int]]:
 
 def _load(sample: Any, images: dict[Any, Any]) -> tuple[Any, np.ndarray | None]:
     """The sample's RGB image (cached per image, errors too) and its mask, checked against the image size."""
-    key = _image_key(sample.image)
+    key = sample.image_key
     if key not in images:
         try:
             images[key] = sample.load_image()

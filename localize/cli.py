@@ -74,33 +74,28 @@ def _load(entry: tuple[str, str, str, str]) -> tuple[Callable, Callable]:
     return getattr(module, entry[1]), getattr(module, entry[2])
 
 
+def _register(subparsers: argparse._SubParsersAction, commands: dict[str, tuple[str, str, str, str]]) -> None:
+    """Add each command whose module is in this build (a real import error inside a module still surfaces)."""
+    for name, entry in commands.items():
+        try:
+            add, run = _load(entry)
+        except ModuleNotFoundError as err:
+            if err.name != entry[0]:
+                raise
+            continue
+        command = subparsers.add_parser(name, help=entry[3], description=entry[3])
+        add(command)
+        command.set_defaults(handler=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (subcommands whose module is missing are left out)."""
+    """The full argument parser."""
     parser = argparse.ArgumentParser(prog="localize", description=__doc__)
     parser.add_argument("--version", action="version", version=f"localize {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, entry in COMMANDS.items():
-        try:
-            add, run = _load(entry)
-        except ModuleNotFoundError as err:  # a subsystem not in this build; real import errors still surface
-            if err.name != entry[0]:
-                raise
-            continue
-        command = sub.add_parser(name, help=entry[3], description=entry[3])
-        add(command)
-        command.set_defaults(handler=run)
+    _register(sub, COMMANDS)
     data = sub.add_parser("data", help="dataset utilities")
-    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    for name, entry in DATA_COMMANDS.items():
-        try:
-            add, run = _load(entry)
-        except ModuleNotFoundError as err:  # a subsystem not in this build; real import errors still surface
-            if err.name != entry[0]:
-                raise
-            continue
-        command = data_sub.add_parser(name, help=entry[3], description=entry[3])
-        add(command)
-        command.set_defaults(handler=run)
+    _register(data.add_subparsers(dest="data_command", metavar="ACTION", required=True), DATA_COMMANDS)
     return parser
 
 
