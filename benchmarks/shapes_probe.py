@@ -1,0 +1,115 @@
+"""Measure a shapes-world model the way issue 7 asks: discovered heads vs baselines vs the pipeline's ceiling.
+
+    python -m benchmarks.shapes_probe MODEL_DIR [--discover 200] [--test 500] [--json out.json]
+
+MODEL_DIR is a ``save_pretrained`` directory, or a ``train_shapes`` checkpoint directory (exported first).
+Discovery runs the toolkit's own ``heads.discover`` on validation scenes; REC Acc@0.5 is then measured on test
+scenes for the top-k heads (the paper's pipeline, smoothing scaled to the grid), the mean of all heads' maps, the
+oracle (the target mask downsampled to the grid through the same step), and trivial boxes: the whole image, the
+largest object, a random object, a centred box of median target size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import shapes
+from benchmarks.metrics import box_iou
+
+
+def load_for_probe(path: str):
+    """A VLM from a model directory, or from a ``train_shapes`` checkpoint (state.json + model.safetensors)."""
+    from localize.models import VLM, load_model
+
+    directory = Path(path)
+    if (directory / "config.json").exists():
+        return load_model(str(directory), device="cpu", dtype="float32")
+    from safetensors.torch import load_file
+
+    from benchmarks.train_shapes import build_model
+
+    state = json.loads((directory / "state.json").read_text())
+    model, processor = build_model(argparse.Namespace(**state["args"]))
+    model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
+    return VLM(model.eval(), processor, spec=str(directory))
+
+
+def probe(vlm, discover_n: int, test_n: int, top_k: int = 3, seed: int = 0, batch: int = 16) -> dict:
+    """Discovery on validation scenes, then REC Acc@0.5 of heads, baselines and the oracle on test scenes."""
+    from heads.discover import discover
+    from localize.postprocess import GroundingSettings, maps_to_grounding
+
+    torch.manual_seed(seed)
+    val = [s for s in shapes.ShapesDataset("val", size=discover_n, difficulty=3)]
+    found = discover(vlm, val, top_k=top_k, progress=False, seed=seed)
+    heads = list(found.heads)
+    settings = GroundingSettings(scale_to_grid=True)
+    test = shapes.ShapesDataset("test", size=test_n, difficulty=3)
+    rng = np.random.default_rng(seed)
+    ious: dict[str, list[float]] = {
+        k: []
+        for k in ("heads", "mean_all_heads", "oracle", "whole_image", "largest_object", "random_object", "center_box")
+    }
+    sizes = []
+    for start in range(0, test_n, batch):
+        samples = [test[i] for i in range(start, min(test_n, start + batch))]
+        captured = vlm.capture([s.image for s in samples], [s.expression for s in samples])
+        for sample, maps in zip(samples, captured):
+            target = sample.box
+            chosen = maps.select(heads).numpy()
+            ious["heads"].append(box_iou(maps_to_grounding(chosen, maps.geometry, settings).box, target))
+            mean_map = maps.maps.mean(0, keepdim=True).numpy()
+            ious["mean_all_heads"].append(box_iou(maps_to_grounding(mean_map, maps.geometry, settings).box, target))
+            oracle = maps.geometry.mask_to_grid(sample.mask())[None]
+            ious["oracle"].append(box_iou(maps_to_grounding(oracle, maps.geometry, settings).box, target))
+            width, height = sample.image_size
+            ious["whole_image"].append(box_iou((0, 0, width, height), target))
+            objects = [o["box"] for o in sample.meta["objects"]]
+            largest = max(objects, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
+            ious["largest_object"].append(box_iou(largest, target))
+            ious["random_object"].append(box_iou(objects[int(rng.integers(len(objects)))], target))
+            sizes.append((target[2] - target[0], target[3] - target[1]))
+    w, h = np.median(np.asarray(sizes), axis=0)
+    for sample in (test[i] for i in range(test_n)):
+        width, height = sample.image_size
+        box = ((width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2)
+        ious["center_box"].append(box_iou(box, sample.box))
+    acc = {k: float(np.mean(np.asarray(v) >= 0.5)) for k, v in ious.items()}
+    baselines = ("whole_image", "largest_object", "random_object", "center_box")
+    return {
+        "heads": [list(h) for h in heads],
+        "frequency_of_heads": [float(found.heads_file.frequency[layer][head]) for layer, head in heads],
+        "tau": found.heads_file.tau,
+        "acc@0.5": acc,
+        "best_trivial": max(acc[k] for k in baselines),
+        "discover_samples": discover_n,
+        "test_samples": test_n,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the probe's numbers (and write them as JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("--discover", type=int, default=200, help="validation scenes for discovery")
+    parser.add_argument("--test", type=int, default=500, help="test scenes for REC")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = probe(load_for_probe(args.model), args.discover, args.test, args.top_k)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
