@@ -87,6 +87,13 @@ class Grounding(NamedTuple):
     score: float
 
 
+def _as_array(maps: object) -> np.ndarray:
+    """numpy or torch (any device/dtype) -> float32 numpy."""
+    if hasattr(maps, "detach"):
+        maps = maps.detach().float().cpu().numpy()
+    return np.asarray(maps, dtype=np.float32)
+
+
 def smooth_maps(maps: np.ndarray, kernel: int = 7, sigma: float = 1.0) -> np.ndarray:
     """Gaussian-smooth each ``[rows, cols]`` map of ``maps [k, rows, cols]`` (or one 2-D map); float32 out.
 
@@ -94,7 +101,7 @@ def smooth_maps(maps: np.ndarray, kernel: int = 7, sigma: float = 1.0) -> np.nda
     repeating the edge cell (``BORDER_REFLECT_101``, as torchvision's ``gaussian_blur``). ``sigma == 0`` or
     ``kernel == 1`` returns the maps unchanged (OpenCV would otherwise derive sigma from the kernel).
     """
-    maps = np.asarray(maps, dtype=np.float32)
+    maps = _as_array(maps)
     if maps.ndim not in (2, 3):
         raise InputError(f"maps must be [k, rows, cols] or [rows, cols], got shape {maps.shape}")
     if sigma <= 0 or kernel <= 1:
@@ -125,7 +132,7 @@ def maps_to_grounding(
     mask, an all-zero heatmap and score 0.
     """
     settings = settings or GroundingSettings()
-    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    maps = np.nan_to_num(_as_array(maps), nan=0.0, posinf=0.0, neginf=0.0)
     if maps.ndim == 2:
         maps = maps[None]
     if maps.ndim != 3 or maps.shape[1:] != (geometry.rows, geometry.cols):

@@ -51,14 +51,15 @@ def load_sam(checkpoint: str | os.PathLike, model_type: str = "vit_h", device: s
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SamCheckpointError(f"{path} does not hold a state dict of tensors")
 
-    sam = sam_model_registry[model_type]()
-    expected = sam.state_dict()
+    # Compare keys and shapes on a meta-device model first: a wrong checkpoint fails before any allocation.
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in sam_model_registry[model_type]().state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k])}"
         for k in set(expected) & set(state)
-        if state[k].shape != expected[k].shape
+        if state[k].shape != expected[k]
     )
     if missing or unexpected or mismatched:
         embed = state.get("image_encoder.patch_embed.proj.weight")
@@ -67,6 +68,7 @@ def load_sam(checkpoint: str | os.PathLike, model_type: str = "vit_h", device: s
         parts = [f"{name} {_preview(keys)}" for name, keys in
                  (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if keys]
         raise SamCheckpointError(f"{path} is not a SAM {model_type} checkpoint{looks}: " + "; ".join(parts))
+    sam = sam_model_registry[model_type]()
     sam.load_state_dict(state)
     return sam.to(device).eval()
 
