@@ -28,7 +28,7 @@ QUERY_MODES = ("last", "expression")
 
 @dataclass
 class TrainingRecorder(_Recorder):
-    """A capture recorder for several query positions per sample: ``query_positions`` ``[B, Q]``.
+    """The capture recorder with several query positions per sample (``query_positions`` ``[B, Q]``).
 
     ``rows[layer]`` is ``[B, h_sel, Q, K]`` (softmax rows, graph kept); ``query_mask`` ``[B, Q]`` marks real ones.
     """
@@ -36,36 +36,6 @@ class TrainingRecorder(_Recorder):
     query_mask: torch.Tensor | None = None
     keep_graph: bool = True
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def record(self, layer: int, module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: Any) -> None:
-        """Store ``softmax(q·Kᵀ·scale + mask)`` of this layer's supervised heads at every query position."""
-        batch, num_heads, q_len, head_dim = query.shape
-        kv_len = key.shape[2]
-        positions = self.query_positions.to(query.device)
-        positions = positions[:, None] if positions.dim() == 1 else positions  # [B, Q]
-        local = positions - (kv_len - q_len)
-        if bool((local < 0).any()) or bool((local >= q_len).any()):
-            raise RuntimeError("query position outside the tokens of this forward pass")
-        heads = self.heads_by_layer[layer].to(query.device)
-        groups = num_heads // key.shape[1]
-        index = local[:, None, :, None].expand(batch, heads.numel(), local.shape[1], head_dim)
-        q = query[:, heads].gather(2, index).float()  # [B, h, Q, D]
-        k = key[:, heads // groups].float()  # [B, h, K, D]
-        scale = scaling if scaling is not None else head_dim**-0.5
-        logits = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
-        if mask is None:  # no padding: plain causal
-            allowed = torch.arange(kv_len, device=query.device)[None, None, :] <= positions[:, :, None]
-            logits = logits.masked_fill(~allowed[:, None], float("-inf"))
-        else:
-            full = mask.expand(batch, -1, -1, -1)[:, 0]  # [B, q_len, K]
-            mask_rows = full.gather(1, local.to(full.device)[:, :, None].expand(-1, -1, full.shape[-1]))
-            mask_rows = mask_rows.to(query.device)
-            if mask_rows.dtype == torch.bool:
-                logits = logits.masked_fill(~mask_rows[:, None], float("-inf"))
-            else:
-                logits = logits + mask_rows[:, None].float()
-        probs = logits.softmax(dim=-1)
-        self.rows[layer] = probs if self.keep_graph else probs.detach()
 
 
 @dataclass

@@ -46,32 +46,39 @@ class _Recorder:
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def record(self, layer: int, module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: Any) -> None:
-        """Store ``softmax(q·Kᵀ·scale + mask)`` of this layer's requested heads at the query positions."""
+        """Store ``softmax(q·Kᵀ·scale + mask)`` of this layer's requested heads at the query positions.
+
+        ``query_positions`` ``[B]`` gives ``rows[layer]`` ``[B, h, K]``; ``[B, Q]`` (several queries per sample,
+        as fine-tuning uses) gives ``[B, h, Q, K]``.
+        """
         batch, num_heads, q_len, head_dim = query.shape
         kv_len = key.shape[2]
-        local = self.query_positions.to(query.device) - (kv_len - q_len)
+        positions = self.query_positions.to(query.device)
+        single = positions.dim() == 1
+        positions = positions[:, None] if single else positions  # [B, Q]
+        local = positions - (kv_len - q_len)
         if bool((local < 0).any()) or bool((local >= q_len).any()):
             raise RuntimeError("query position outside the tokens of this forward pass")
         heads = self.heads_by_layer[layer].to(query.device)
         groups = num_heads // key.shape[1]
-        rows_b = torch.arange(batch, device=query.device)[:, None]
-        q = query[rows_b, heads[None, :], local[:, None]].float()  # [B, h, D]
+        index = local[:, None, :, None].expand(batch, heads.numel(), local.shape[1], head_dim)
+        q = query[:, heads].gather(2, index).float()  # [B, h, Q, D]
         k = key[:, heads // groups].float()  # [B, h, K, D]
         scale = scaling if scaling is not None else head_dim**-0.5
-        logits = torch.einsum("bhd,bhkd->bhk", q, k) * scale
-        if mask is None:
-            allowed = (
-                torch.arange(kv_len, device=query.device)[None, :] <= self.query_positions.to(query.device)[:, None]
-            )
-            logits = logits.masked_fill(~allowed[:, None, :], float("-inf"))
+        logits = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+        if mask is None:  # no padding: plain causal
+            allowed = torch.arange(kv_len, device=query.device)[None, None, :] <= positions[:, :, None]
+            logits = logits.masked_fill(~allowed[:, None], float("-inf"))
         else:
-            mask = mask.expand(batch, -1, -1, -1)
-            mask_rows = mask[torch.arange(batch, device=mask.device), 0, local.to(mask.device)]  # [B, K]
+            full = mask.expand(batch, -1, -1, -1)[:, 0]  # [B, q_len, K]
+            mask_rows = full.gather(1, local.to(full.device)[:, :, None].expand(-1, -1, full.shape[-1]))
+            mask_rows = mask_rows.to(query.device)
             if mask_rows.dtype == torch.bool:
-                logits = logits.masked_fill(~mask_rows[:, None, :], float("-inf"))
+                logits = logits.masked_fill(~mask_rows[:, None], float("-inf"))
             else:
-                logits = logits + mask_rows[:, None, :].float()
+                logits = logits + mask_rows[:, None].float()
         probs = logits.softmax(dim=-1)
+        probs = probs[:, :, 0] if single else probs
         self.rows[layer] = probs if self.keep_graph else probs.detach()
 
 
