@@ -6,7 +6,9 @@ MODEL_DIR is a ``save_pretrained`` directory, or a ``train_shapes`` checkpoint d
 Discovery runs the toolkit's own ``heads.discover`` on validation scenes; REC Acc@0.5 is then measured on test
 scenes for the top-k heads (the paper's pipeline, smoothing scaled to the grid), the mean of all heads' maps, the
 oracle (the target mask downsampled to the grid through the same step), and trivial boxes: the whole image, the
-largest object, a random object, a centred box of median target size.
+largest object, a random object, a centred box of median target size. Per head: how often its peak cell is on the
+target vs on a random other object, its own Acc@0.5, and its target lift (share of its image attention on the target
+divided by the target's share of the grid; 1 = no preference).
 """
 
 from __future__ import annotations
@@ -57,6 +59,12 @@ def probe(vlm, discover_n: int, test_n: int, top_k: int = 3, seed: int = 0, batc
         for k in ("heads", "mean_all_heads", "oracle", "whole_image", "largest_object", "random_object", "center_box")
     }
     sizes = []
+    # Per head: how often its peak cell lies on the target vs on another (random) object, and its own Acc@0.5.
+    peak_target: dict[tuple[int, int], list[bool]] = {}
+    peak_other: dict[tuple[int, int], list[bool]] = {}
+    head_acc: dict[tuple[int, int], list[bool]] = {}
+    # Lift: share of the head's image attention on the target / the target's share of the grid (1 = no preference).
+    lift: dict[tuple[int, int], list[float]] = {}
     for start in range(0, test_n, batch):
         samples = [test[i] for i in range(start, min(test_n, start + batch))]
         captured = vlm.capture([s.image for s in samples], [s.expression for s in samples])
@@ -75,6 +83,19 @@ def probe(vlm, discover_n: int, test_n: int, top_k: int = 3, seed: int = 0, batc
             ious["largest_object"].append(box_iou(largest, target))
             ious["random_object"].append(box_iou(objects[int(rng.integers(len(objects)))], target))
             sizes.append((target[2] - target[0], target[3] - target[1]))
+            others = [b for k, b in enumerate(objects) if k != sample.meta["target"]]
+            other = maps.geometry.box_to_grid(others[int(rng.integers(len(others)))]) if others else None
+            share = (maps.maps.numpy() * oracle).sum((1, 2)) / np.maximum(maps.maps.numpy().sum((1, 2)), 1e-9)
+            area = float(oracle.mean())
+            flat = maps.maps.flatten(1).argmax(1).numpy()
+            rows, cols = np.unravel_index(flat, maps.grid)
+            for i, head in enumerate(maps.heads):
+                head = tuple(int(v) for v in head)
+                peak_target.setdefault(head, []).append(bool(oracle[0, rows[i], cols[i]] >= 0.5))
+                peak_other.setdefault(head, []).append(bool(other is not None and other[rows[i], cols[i]] >= 0.5))
+                single = maps_to_grounding(maps.maps[i : i + 1].numpy(), maps.geometry, settings).box
+                head_acc.setdefault(head, []).append(box_iou(single, target) >= 0.5)
+                lift.setdefault(head, []).append(float(share[i]) / max(area, 1e-9))
     w, h = np.median(np.asarray(sizes), axis=0)
     for sample in (test[i] for i in range(test_n)):
         width, height = sample.image_size
@@ -82,7 +103,22 @@ def probe(vlm, discover_n: int, test_n: int, top_k: int = 3, seed: int = 0, batc
         ious["center_box"].append(box_iou(box, sample.box))
     acc = {k: float(np.mean(np.asarray(v) >= 0.5)) for k, v in ious.items()}
     baselines = ("whole_image", "largest_object", "random_object", "center_box")
+    per_head = sorted(
+        (
+            {
+                "head": list(h),
+                "peak_on_target": float(np.mean(peak_target[h])),
+                "peak_on_random_other": float(np.mean(peak_other[h])),
+                "acc@0.5": float(np.mean(head_acc[h])),
+                "target_lift": float(np.mean(lift[h])),
+            }
+            for h in peak_target
+        ),
+        key=lambda r: -r["target_lift"],
+    )
     return {
+        "per_head_top5": per_head[:5],
+        "best_single_head_acc@0.5": max(r["acc@0.5"] for r in per_head),
         "heads": [list(h) for h in heads],
         "frequency_of_heads": [float(found.heads_file.frequency[layer][head]) for layer, head in heads],
         "tau": found.heads_file.tau,

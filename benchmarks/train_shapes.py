@@ -77,27 +77,69 @@ def build_model(args: argparse.Namespace):
     return model.train(), processor
 
 
-def difficulty_at(step: int, steps: int) -> int:
-    """Easy-first curriculum: 1, then 2, then 3."""
+def difficulty_at(step: int, steps: int, warm: bool = False) -> int:
+    """Easy-first curriculum: 1, then 2, then 3 (``warm``, a continued model: 2 for the first half, then 3)."""
+    if warm:
+        return 2 if step < steps // 2 else 3
     return 1 if step < steps // 5 else 2 if step < 3 * steps // 5 else 3
 
 
+def _packed_texts(step: int, args: argparse.Namespace) -> tuple[list, list[str]]:
+    """Images and texts of a packed training step: ``--pack`` expressions (distinct targets) after each image."""
+    images, texts = [], []
+    n_images = max(1, args.batch_size // args.pack)
+    difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None)))
+    for i in range(n_images):
+        seed = shapes.scene_seed("train", step * n_images + i)
+        scene, expressions = shapes.sample_scene(seed, difficulty, args.image_size)
+        rng = np.random.default_rng([seed, difficulty, 23])
+        chosen, targets = [], set()
+        for j in rng.permutation(len(expressions)):
+            if expressions[j].target not in targets:
+                chosen.append(expressions[j])
+                targets.add(expressions[j].target)
+        # Fill up to ``pack`` with repeats of other expressions when the scene has fewer objects.
+        rest = [e for e in expressions if e not in chosen]
+        chosen += [rest[k] for k in rng.permutation(len(rest))[: max(0, args.pack - len(chosen))]]
+        parts = [f"{e.text} {shapes.answer_for(scene.objects[e.target], args.image_size)} </s>" for e in chosen]
+        images.append(scene.image)
+        texts.append("<image>\n" + " ".join(parts[: args.pack]))
+    return images, texts
+
+
 def make_batch(processor, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None):
-    """Inputs and labels (answer + eos only) of training step ``step`` (deterministic in the step)."""
+    """Inputs and labels (answers + eos only) of training step ``step`` (deterministic in the step)."""
     size = size or args.batch_size
-    difficulty = difficulty_at(step, args.steps) if split == "train" else 3
-    data = shapes.ShapesDataset(
-        split, size=shapes.SPLIT_CAPACITY - 1, difficulty=difficulty, image_size=args.image_size
-    )
-    samples = [data[step * size + i] for i in range(size)]
-    texts = [f"<image>\n{s.expression} {s.answer} </s>" for s in samples]
-    inputs = processor(images=[s.image for s in samples], text=texts, return_tensors="pt", padding=True)
+    pack = getattr(args, "pack", 1) if split == "train" else 1
+    samples = []
+    if pack > 1:
+        images, texts = _packed_texts(step, args)
+    else:
+        difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
+        data = shapes.ShapesDataset(
+            split, size=shapes.SPLIT_CAPACITY - 1, difficulty=difficulty, image_size=args.image_size
+        )
+        samples = [data[step * size + i] for i in range(size)]
+        images = [s.image for s in samples]
+        texts = [f"<image>\n{s.expression} {s.answer} </s>" for s in samples]
+    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
     labels = torch.full_like(inputs["input_ids"], -100)
-    answer_len = len(samples[0].answer.split()) + 1
-    last = inputs["attention_mask"].sum(1) - 1  # right padding
-    for b in range(size):
-        stop = int(last[b]) + 1
-        labels[b, stop - answer_len : stop] = inputs["input_ids"][b, stop - answer_len : stop]
+    answer_words = {w for w in shapes.VOCABULARY if w[0] in "xy" and w[1:].isdigit()}
+    answer_words |= set(shapes.SIZE_WORDS)
+    tokenizer = processor.tokenizer
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    for b, text in enumerate(texts):
+        words = text.split("\n", 1)[1].split()
+        first = int((inputs["input_ids"][b] == image_id).nonzero().max()) + 1  # words follow the image tokens
+        in_answer = False
+        for j, word in enumerate(words):
+            # An answer runs from its position word (x..) to its </s>; colour/shape words there are answers too.
+            if word in answer_words and word.startswith("x"):
+                in_answer = True
+            if in_answer:
+                labels[b, first + j] = inputs["input_ids"][b, first + j]
+            if word == "</s>":
+                in_answer = False
     return dict(inputs), labels, samples
 
 
@@ -125,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--pack", type=int, default=1, help="expressions packed after each training image")
+    parser.add_argument("--init", default=None, help="start from this model (a train_shapes OUT/model or checkpoint)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vision-lr", type=float, default=3e-4)
     parser.add_argument("--image-size", type=int, default=shapes.DEFAULT_IMAGE_SIZE)
@@ -147,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build_model(args)
+    if args.init:
+        init = Path(args.init)
+        weights = init / "model.safetensors"
+        result = model.load_state_dict(load_file(weights), strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise SystemExit(f"{weights} does not match the model: {result.missing_keys or result.unexpected_keys}")
+        print(f"initialised from {weights}", flush=True)
     vision = [p for n, p in model.named_parameters() if p.requires_grad and ("vision_tower" in n or "projector" in n)]
     language = [
         p for n, p in model.named_parameters() if p.requires_grad and not ("vision_tower" in n or "projector" in n)
@@ -166,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     start = 0
     if (checkpoint / "state.json").exists():
         state = json.loads((checkpoint / "state.json").read_text())
-        if state["args"] != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
+        saved_args = {"pack": 1, "init": None, **state["args"]}  # checkpoints from before --pack existed
+        if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
             raise SystemExit(f"{checkpoint} was written with other settings; use another --out")
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
@@ -186,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "step": step + 1,
             "loss": round(loss.item(), 4),
-            "difficulty": difficulty_at(step, args.steps),
+            "difficulty": difficulty_at(step, args.steps, bool(getattr(args, "init", None))),
             "seconds": round(time.time() - began, 1),
         }
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:

@@ -78,3 +78,38 @@ def test_splits_are_disjoint_seed_ranges():
     assert shapes.ShapesDataset("train", size=3)[0].sample_id != shapes.ShapesDataset("test", size=3)[0].sample_id
     with pytest.raises(ValueError):
         shapes.ShapesDataset("dev")
+
+
+@pytest.mark.parametrize("pack", [1, 3])
+def test_training_labels_are_the_answers_after_each_expression(pack):
+    import argparse
+
+    from benchmarks import train_shapes
+
+    args = argparse.Namespace(
+        batch_size=6,
+        steps=10,
+        image_size=64,
+        patch_size=8,
+        vision_hidden=16,
+        vision_layers=1,
+        hidden=16,
+        layers=2,
+        heads=2,
+        seed=0,
+        pack=pack,
+    )
+    _, processor = train_shapes.build_model(args)
+    inputs, labels, _ = train_shapes.make_batch(processor, 3, args)
+    tokenizer = processor.tokenizer
+    for row, lab in zip(inputs["input_ids"], labels):
+        text = tokenizer.decode(row[row != tokenizer.pad_token_id][1:]).replace("<image>", "").split()
+        pairs = " ".join(text).split(" </s>")[:-1]
+        assert len(pairs) == pack
+        expected = []
+        for pair in pairs:
+            words = pair.split()
+            start = next(i for i, w in enumerate(words) if w.startswith("x") and w[1:].isdigit())
+            expected += words[start:] + ["</s>"]
+            assert len(words[start:]) == 5  # x y size color shape
+        assert tokenizer.decode(lab[lab != -100]).split() == expected
