@@ -82,7 +82,11 @@ class RecAccumulator:
 
     def summary(self) -> dict:
         """``{"n", "acc@0.5", "miou"}``."""
-        return {"n": len(self.ious), "acc@0.5": self.accuracy(0.5), "miou": float(np.mean(self.ious)) if self.ious else 0.0}
+        return {
+            "n": len(self.ious),
+            "acc@0.5": self.accuracy(0.5),
+            "miou": float(np.mean(self.ious)) if self.ious else 0.0,
+        }
 
 
 @dataclass
