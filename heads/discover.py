@@ -769,6 +769,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {entry['head']}: frequency {entry['frequency']:.1%}, mean entropy {entropy}{iou}")
     if not hf.heads:
         print("  no head was selected (no head passed tau with a finite entropy)")
+    elif len(hf.heads) < args.top_k:
+        print(
+            f"  note: only {len(hf.heads)} of the {args.top_k} heads asked for were ever selected: tau = {hf.tau:.4g} "
+            "lets few heads compete; --tau LOWER (or --criterion entropy) widens the field"
+        )
     print("localization heads: " + (", ".join(hf.heads_str) or "none"))
     for reason in summary["skipped_examples"][:3]:
         print(f"  skipped {reason}")
