@@ -120,14 +120,19 @@ def _worker(mode: str, args: argparse.Namespace) -> dict:
     return {"mode": mode, "seconds": statistics.median(times), "peak_mib": max(peak - resting, 0) / 1024}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every mode in its own subprocess and print times, peaks and ratios."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """The benchmark model's shape, threads and repeats (shared by the speed benchmarks)."""
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=repeats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every mode in its own subprocess and print times, peaks and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser, repeats=5)
     parser.add_argument("--worker", choices=sorted(MODES), help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)

@@ -13,17 +13,13 @@ import statistics
 import sys
 import time
 
-from benchmarks.capture_speed import PHRASES, realistic_llava
+from benchmarks.capture_speed import PHRASES, add_model_arguments, realistic_llava
 
 
 def main(argv: list[str] | None = None) -> int:
     """Time the three ways of grounding 5 phrases on one image and print the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_model_arguments(parser, repeats=3)
     args = parser.parse_args(argv)
 
     import torch
