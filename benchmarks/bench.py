@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from localize.errors import ImageError, InputError, LocalizeError
+from localize.postprocess import mask_to_rle, rle_to_mask
 
 from .metrics import RecAccumulator, ResAccumulator, box_iou, mask_intersection_union
 
@@ -390,53 +391,23 @@ def _groups(entries: Iterable[_Entry]) -> list[list[_Entry]]:
 
 
 # -- prediction ------------------------------------------------------------------------------------------------------
-@dataclass
-class _Prediction:
-    box: tuple[float, float, float, float]
-    mask: np.ndarray
-    heatmap: np.ndarray
-    score: float
-    sam_score: float | None = None
-
-
-def _predict(loc: Any, image: Any, samples: list[Any], oracle: bool) -> list[_Prediction]:
+def _predict(loc: Any, image: Any, samples: list[Any], oracle: bool) -> list[Any]:
     """The localizer's groundings of ``samples`` on one image, or with ``oracle`` the same map -> box/mask step on
     each target mask (its box when there is no mask) area-averaged onto the model's grid."""
+    phrases = [s.expression for s in samples]
     if not oracle:
-        found = loc.ground_many(image, [s.expression for s in samples])
-        return [_Prediction(g.box, g.mask, g.heatmap, g.score, g.sam_score) for g in found]
-    from localize.postprocess import maps_to_grounding
-
+        return loc.ground_many(image, phrases)
     geometry = loc.vlm.adapter.prepare([image], [samples[0].expression]).geometries[0]
-    if loc.sam is not None:
-        loc.sam.set_image(np.asarray(image))
-    out = []
-    for sample in samples:
-        target = sample.mask() if sample.has_mask else None
-        grid = geometry.mask_to_grid(target) if target is not None else geometry.box_to_grid(sample.box)
-        g = maps_to_grounding(grid[None], geometry, loc.settings)
-        mask, sam_score = g.mask, None
-        if loc.sam is not None and g.score > 0:
-            mask, sam_score = loc.sam.refine(g.heatmap, g.box, prompt=loc.sam_prompt)
-        out.append(_Prediction(g.box, mask, g.heatmap, g.score, sam_score))
-    return out
-
-
-def _rle(mask: np.ndarray) -> dict:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    grids = [(geometry.mask_to_grid(s.mask()) if s.has_mask else geometry.box_to_grid(s.box))[None] for s in samples]
+    return loc.ground_maps(image, phrases, grids, [geometry] * len(samples))
 
 
 def decode_rle(rle: dict) -> np.ndarray:
     """A row's ``pred_mask_rle`` -> ``[H, W]`` bool."""
-    from pycocotools import mask as mask_utils
-
-    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+    return rle_to_mask(rle)
 
 
-def _row(entry: _Entry, sample: Any, dataset: str, split: str, pred: _Prediction, timings: dict) -> dict:
+def _row(entry: _Entry, sample: Any, dataset: str, split: str, pred: Any, timings: dict) -> dict:
     start = time.perf_counter()
     iou = float(box_iou(pred.box, sample.box))
     inter = union = None
@@ -454,7 +425,7 @@ def _row(entry: _Entry, sample: Any, dataset: str, split: str, pred: _Prediction
         "pred_box": [round(float(v), 3) for v in pred.box],
         "target_box": [float(v) for v in sample.box],
         "box_iou": round(iou, 6),
-        "pred_mask_rle": _rle(pred.mask),
+        "pred_mask_rle": mask_to_rle(pred.mask),
         "mask_i": inter,
         "mask_u": union,
         "mask_iou": None if union is None else (round(inter / union, 6) if union else 1.0),

@@ -20,7 +20,7 @@ from .capture import Head
 from .errors import InputError, LocalizeError
 from .images import ImageLike, load_image
 from .models import VLM, load_model
-from .postprocess import GroundingSettings, maps_to_grounding
+from .postprocess import GroundingSettings, maps_to_grounding, mask_to_rle
 
 
 @dataclass
@@ -45,14 +45,10 @@ class Grounding:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly result: box, mask as COCO RLE, score, heads."""
-        from pycocotools import mask as mask_utils
-
-        rle = mask_utils.encode(np.asfortranarray(self.mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
         return {
             "phrase": self.phrase,
             "box": [round(float(v), 3) for v in self.box],
-            "mask_rle": rle,
+            "mask_rle": mask_to_rle(self.mask),
             "score": self.score,
             "sam_score": self.sam_score,
             "heads": [list(h) for h in self.heads],
@@ -137,14 +133,26 @@ class Localizer:
         return [length(adapter.format_prompt(text[:end])) - full - 1 for end in ends]
 
     def _finish(self, image, phrases: list[str], captured, return_maps: bool) -> list[Grounding]:
-        results = []
-        rgb = None
+        grids = [maps.maps.detach().cpu().numpy() for maps in captured]
+        results = self.ground_maps(image, phrases, grids, [maps.geometry for maps in captured], return_maps)
+        for result, maps in zip(results, captured):
+            result.query_position = maps.query_position
+        return results
+
+    def ground_maps(
+        self,
+        image: ImageLike,
+        phrases: Sequence[str],
+        grids: Sequence[np.ndarray],
+        geometries: Sequence[Any],
+        return_maps: bool = False,
+    ) -> list[Grounding]:
+        """The maps -> box/mask step (and SAM) on given ``[k, rows, cols]`` grid maps, e.g. oracle maps."""
         if self.sam is not None:
-            rgb = np.asarray(image)
-            self.sam.set_image(rgb)  # once per image: the refiner caches by content
-        for phrase, maps in zip(phrases, captured):
-            grid_maps = maps.maps.detach().cpu().numpy()
-            out = maps_to_grounding(grid_maps, maps.geometry, self.settings)
+            self.sam.set_image(np.asarray(image))  # once per image: the refiner caches by content
+        results = []
+        for phrase, grid, geometry in zip(phrases, grids, geometries):
+            out = maps_to_grounding(grid, geometry, self.settings)
             mask, sam_score = out.mask, None
             if self.sam is not None and out.score > 0:
                 mask, sam_score = self.sam.refine(out.heatmap, out.box, prompt=self.sam_prompt)
@@ -158,8 +166,7 @@ class Localizer:
                     heads=self.heads,
                     attention_mask=out.mask,
                     sam_score=sam_score,
-                    maps=grid_maps if return_maps else None,
-                    query_position=maps.query_position,
+                    maps=grid if return_maps else None,
                 )
             )
         return results

@@ -110,7 +110,10 @@ def smooth_maps(maps: np.ndarray, kernel: int = 7, sigma: float = 1.0) -> np.nda
         raise InputError(f"kernel must be odd, got {kernel}")
     stack = maps[None] if maps.ndim == 2 else maps
     out = np.stack(
-        [cv2.GaussianBlur(m, (kernel, kernel), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101) for m in stack]
+        [
+            cv2.GaussianBlur(m, (kernel, kernel), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+            for m in stack
+        ]
     )
     return out[0] if maps.ndim == 2 else out
 
@@ -123,9 +126,7 @@ def _component_hull_area(component: np.ndarray) -> float:
     return float(cv2.contourArea(cv2.convexHull(corners)))
 
 
-def maps_to_grounding(
-    maps: np.ndarray, geometry: GridGeometry, settings: GroundingSettings | None = None
-) -> Grounding:
+def maps_to_grounding(maps: np.ndarray, geometry: GridGeometry, settings: GroundingSettings | None = None) -> Grounding:
     """Head maps ``[k, rows, cols]`` -> :class:`Grounding` (box, mask, heatmap, score) in original-image pixels.
 
     A constant (or all-zero/non-finite) summed map carries no location: it yields the whole-image box, an empty
@@ -186,3 +187,18 @@ def maps_to_grounding(
     total = float(heatmap.sum())
     score = float(masses[best]) / total if total > 0 else 0.0
     return Grounding(box, mask, heatmap, score)
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """``[H, W]`` bool mask -> JSON-friendly COCO RLE (``counts`` as an ASCII string)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    """Inverse of :func:`mask_to_rle`: ``[H, W]`` bool."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
