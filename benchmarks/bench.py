@@ -38,13 +38,14 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from localize.errors import ImageError, InputError, LocalizeError
+from localize.files import atomic_write_text
 from localize.postprocess import mask_to_rle, rle_to_mask
 
 from .metrics import RecAccumulator, ResAccumulator, box_iou, mask_intersection_union
@@ -210,11 +211,7 @@ def _merge_shards(path: Path) -> None:
     if not shards:
         return
     rows = sorted(_rows_by_id(path).values(), key=lambda r: (r.get("index", 0), str(r["id"])))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row, separators=(",", ":")) + "\n" for row in rows))
     for shard in shards:
         shard.unlink()
 
@@ -315,9 +312,7 @@ def _versions() -> dict[str, str | None]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 # -- data ------------------------------------------------------------------------------------------------------------
@@ -683,7 +678,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         path = out / "manifest.json"
         manifest = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
         run_entry = {
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "argv": list(getattr(args, "argv", None) or sys.argv[1:]),
             "splits": [f"{d}/{s}" for d, s in pairs],
             "limit": args.limit,

@@ -11,10 +11,9 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 
 import localize
 from localize.errors import HeadsMismatchError, InputError
+from localize.files import atomic_write_text
 
 __all__ = ["HeadsFile", "format_head", "load_heads", "parse_heads", "save_heads", "validate_heads"]
 
@@ -59,7 +59,7 @@ class HeadsFile:
     settings: dict[str, Any] = field(default_factory=dict)
     localize_version: str = localize.__version__
     transformers_version: str | None = field(default_factory=_transformers_version)
-    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def __post_init__(self) -> None:
         self.num_layers, self.num_heads = int(self.num_layers), int(self.num_heads)
@@ -154,20 +154,7 @@ def save_heads(path: str | os.PathLike, heads_file: HeadsFile | None = None, /, 
         heads_file = HeadsFile(**fields_)
     elif fields_:
         raise TypeError("pass either a HeadsFile or its fields, not both")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = _dumps(heads_file.to_dict())
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a heads file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, _dumps(heads_file.to_dict()))
     return heads_file
 
 
