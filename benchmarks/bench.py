@@ -1,5 +1,8 @@
 """``localize bench`` (REC / RES on RefCOCO-family splits, resumable, sharded), ``--compare``, ``localize reproduce``.
 
+``--task`` ``answer`` also records the model's own greedy text answer per expression where the dataset has a reference
+answer (the shapes world) and scores it by exact match, so that fine-tuning can be shown not to degrade the answers.
+
 Output directory::
 
     OUT/manifest.json                      every setting, model revision, heads (+ heads-file sha256), versions, runs
@@ -20,7 +23,8 @@ Metrics (see :mod:`benchmarks.metrics`): boxes are (x0, y0, x1, y1) in continuou
 [x, x + 1), area = w * h, no +1). REC: Acc@0.5 = fraction of expressions whose predicted box has IoU >= 0.5 with the
 target. RES: cIoU = sum(I) / sum(U) over the split, mIoU = mean per-expression I / U; an empty prediction has IoU 0
 and its target's area still counts in U. One sample per expression. JSON holds fractions, tables print percent.
-Every row records both the box and the mask metrics; ``--task`` picks the tables shown.
+Every row records both the box and the mask metrics; ``--task`` picks the tables shown. Answer: exact match of the
+continuation's first N words with the reference's N words, case and whitespace ignored (see :func:`answer_matches`).
 
 ``--oracle-maps`` replaces the heads' maps by each target mask (its box when there is none) area-averaged onto the
 model's grid and runs the same map -> box/mask step: the ceiling the pipeline itself allows on a dataset.
@@ -51,7 +55,15 @@ from localize.postprocess import mask_to_rle, rle_to_mask
 from .metrics import RecAccumulator, ResAccumulator, box_iou, mask_intersection_union
 
 MANIFEST_FORMAT = 1
-TASKS = ("rec", "res")
+TASKS = ("rec", "res", "answer")
+DEFAULT_TASKS = ("rec", "res")
+# Greedy decoding budget of the answer task: the reference's word count plus this many tokens. With word-level
+# tokenizers (the shapes world's) one word is one token, so the model may run past the answer (or emit its
+# end-of-sequence) and is judged on its first N words only; subword tokenizers need the slack.
+ANSWER_EXTRA_TOKENS = 4
+# Recorded in the manifest's settings when answers are computed: a directory with answers and one without are
+# refused as mixed settings, and so is a change of this protocol.
+ANSWER_PROTOCOL = f"greedy, max_new_tokens = reference words + {ANSWER_EXTRA_TOKENS}, first-N-words exact match"
 DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "refcoco": ("val", "testA", "testB"),
     "refcoco+": ("val", "testA", "testB"),
@@ -65,6 +77,7 @@ METRICS = {  # summary key -> (task, table heading)
     "acc@0.5": ("rec", "REC: Acc@0.5 (%)"),
     "ciou": ("res", "RES: cIoU (%)"),
     "miou": ("res", "RES: mIoU (%)"),
+    "answer_acc": ("answer", "Answer: exact match (%)"),
 }
 # The paper's protocol (``localize reproduce``): discovery on 1000 RefCOCO train samples, k = 3, kernel 7, sigma 1.
 PAPER_PROTOCOL = {"discovery_samples": 1000, "k": 3, "kernel": 7, "sigma": 1.0, "prompt": "box"}
@@ -234,8 +247,20 @@ def _file_id(path: str | None) -> dict | None:
     return {"name": p.name, "bytes": stat.st_size if stat else None}
 
 
+def parse_tasks(text: str) -> list[str]:
+    """``--task``: a comma list of :data:`TASKS` (case-insensitive); InputError otherwise."""
+    tasks = [t.strip().lower() for t in text.split(",") if t.strip()]
+    if not tasks or any(t not in TASKS for t in tasks):
+        raise InputError(f"--task must be a comma list of {', '.join(TASKS)}, got {text!r}")
+    return list(dict.fromkeys(tasks))
+
+
 def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings that change results, as given on the command line (checked before the model is loaded)."""
+    """The settings that change results, as given on the command line (checked before the model is loaded).
+
+    rec and res rows are the same rows (``--task`` only picks tables), so those tasks are not settings; the answer
+    task adds fields to every row and is recorded (only when asked for: manifests written before it stay valid).
+    """
     settings = {
         "model": args.model,
         "heads": None if args.heads_from_discovery else args.heads,
@@ -260,6 +285,8 @@ def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "selection": args.selection,
         }
+    if "answer" in parse_tasks(args.task):
+        settings["answer"] = ANSWER_PROTOCOL
     return settings
 
 
@@ -402,14 +429,48 @@ def decode_rle(rle: dict) -> np.ndarray:
     return rle_to_mask(rle)
 
 
-def _row(entry: _Entry, sample: Any, dataset: str, split: str, pred: Any, timings: dict) -> dict:
+def answer_matches(pred: str, reference: str) -> bool:
+    """Whether ``pred`` answers ``reference``: its first N words equal the reference's N words, case-insensitive.
+
+    Both are split on whitespace and lower-cased. Only the first N = len(reference words) words of the prediction
+    count, since greedy decoding may continue past the answer (skip_special_tokens has already removed an
+    end-of-sequence); a prediction of fewer words, or an empty reference, is no match.
+    """
+    expected = reference.lower().split()
+    return bool(expected) and pred.lower().split()[: len(expected)] == expected
+
+
+def _reference_answer(sample: Any) -> str | None:
+    answer = getattr(sample, "answer", None)
+    return answer if isinstance(answer, str) and answer.strip() else None
+
+
+def _answer_fields(vlm: Any, image: Any, sample: Any) -> dict[str, Any]:
+    """``target_answer``, ``pred_answer`` and ``answer_correct`` of one sample (None without a reference answer)."""
+    reference = _reference_answer(sample)
+    if reference is None:
+        return {"target_answer": None, "pred_answer": None, "answer_correct": None}
+    pred = vlm.answer(image, sample.expression, max_new_tokens=len(reference.split()) + ANSWER_EXTRA_TOKENS)
+    return {"target_answer": reference, "pred_answer": pred, "answer_correct": answer_matches(pred, reference)}
+
+
+def _row(
+    entry: _Entry,
+    sample: Any,
+    dataset: str,
+    split: str,
+    pred: Any,
+    timings: dict,
+    answer: dict[str, Any] | None = None,
+) -> dict:
+    """One result row; ``answer`` (from :func:`_answer_fields`) is added when the answer task runs."""
     start = time.perf_counter()
     iou = float(box_iou(pred.box, sample.box))
     inter = union = None
     if sample.has_mask:
         inter, union = mask_intersection_union(pred.mask, sample.mask(), sample.ignore_mask())
     timings = {**timings, "metrics_s": round(time.perf_counter() - start, 5)}
-    return {
+    row = {
         "id": entry.sample_id,
         "index": entry.index,
         "dataset": dataset,
@@ -428,6 +489,9 @@ def _row(entry: _Entry, sample: Any, dataset: str, split: str, pred: Any, timing
         "sam_score": None if pred.sam_score is None else round(float(pred.sam_score), 6),
         "timings": timings,
     }
+    if answer is not None:
+        row.update(answer)
+    return row
 
 
 # -- heads -----------------------------------------------------------------------------------------------------------
@@ -529,6 +593,7 @@ def _run_split(
 ) -> dict[str, int]:
     """Ground every pending expression of one split, appending rows; returns the readable ids' source indices."""
 
+    answering = "answer" in parse_tasks(args.task)
     entries = _entries(source, dataset, split, args.limit)
     results, skipped_path = _split_files(out, dataset, split)
     done = _rows_by_id(results)
@@ -589,7 +654,16 @@ def _run_split(
             ground_s = (time.perf_counter() - start) / max(len(ready), 1)
             for entry, sample, pred in ready:
                 timings = {"image_s": round(load_s, 5), "ground_s": round(ground_s, 5), "group_size": len(group)}
-                row = _row(entry, sample, dataset, split, pred, timings)
+                answer = None
+                if answering:
+                    start = time.perf_counter()
+                    try:
+                        answer = _answer_fields(loc.vlm, image, sample)
+                    except (LocalizeError, ValueError) as err:
+                        skip([entry], f"{type(err).__name__}: {err}")
+                        continue
+                    timings["answer_s"] = round(time.perf_counter() - start, 5)
+                row = _row(entry, sample, dataset, split, pred, timings, answer)
                 writer.write(row)
                 rec.ious.append(row["box_iou"])
                 if row["mask_u"] is not None:
@@ -653,9 +727,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         raise InputError("--model is required (or --compare BASE_DIR FT_DIR)")
     if not args.out:
         raise InputError("--out DIR is required")
-    tasks = [t.strip().lower() for t in args.task.split(",") if t.strip()]
-    if not tasks or any(t not in TASKS for t in tasks):
-        raise InputError(f"--task must be a comma list of {', '.join(TASKS)}, got {args.task!r}")
+    tasks = parse_tasks(args.task)
     if args.k is not None and args.k < 1:
         raise InputError(f"--k must be >= 1, got {args.k}")
     out = Path(args.out)
@@ -733,7 +805,8 @@ def _column_order(keys: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def split_metrics(rows: Sequence[dict]) -> dict[str, Any]:
-    """Acc@0.5 and mean box IoU from the rows' boxes, cIoU and mIoU from their mask I and U."""
+    """Acc@0.5 and mean box IoU from the rows' boxes, cIoU and mIoU from their mask I and U, and the answer
+    accuracy (``answer_acc``) over the ``n_answer`` rows with an ``answer_correct`` (None when there are none)."""
     rec, res = RecAccumulator(), ResAccumulator()
     for row in rows:
         rec.add(row["pred_box"], row["target_box"])
@@ -744,6 +817,9 @@ def split_metrics(rows: Sequence[dict]) -> dict[str, Any]:
     out["n_mask"] = len(res.unions)
     out["ciou"] = res.ciou() if res.unions else None
     out["miou"] = res.miou() if res.unions else None
+    answered = [bool(row["answer_correct"]) for row in rows if row.get("answer_correct") is not None]
+    out["n_answer"] = len(answered)
+    out["answer_acc"] = sum(answered) / len(answered) if answered else None
     if not rows:
         out["box_miou"] = None
     return out
@@ -767,7 +843,7 @@ def summarize(out_dir: str | os.PathLike) -> dict:
     return {
         "model": model,
         "method": manifest.get("method", "?"),
-        "tasks": manifest.get("tasks", list(TASKS)),
+        "tasks": manifest.get("tasks", list(DEFAULT_TASKS)),
         "heads": manifest.get("heads"),
         "oracle_maps": manifest.get("settings", {}).get("oracle_maps", False),
         "splits": splits,
@@ -795,7 +871,8 @@ def _table(columns: Sequence[tuple[str, str]], rows: Sequence[tuple[str, Sequenc
 
 
 def format_summary_md(summary: dict) -> str:
-    """Markdown tables of a summary: one per metric (REC Acc@0.5, RES cIoU, RES mIoU), then samples and skips."""
+    """Markdown tables of a summary: one per metric of its tasks (REC Acc@0.5, RES cIoU, RES mIoU, answer exact
+    match), then samples and skips."""
     columns = [(s["dataset"], s["split"]) for s in summary["splits"]]
     by_key = {(s["dataset"], s["split"]): s for s in summary["splits"]}
     name = f"{_model_name(summary['model'])} / {summary['method']}"
@@ -816,6 +893,12 @@ def format_summary_md(summary: dict) -> str:
         "Acc@0.5: box IoU >= 0.5 (continuous pixel coordinates, area w*h). cIoU = sum I / sum U over the split; "
         "mIoU = mean per-expression IoU; an empty prediction has IoU 0 and its target still counts in U.",
     ]
+    if "answer" in summary["tasks"]:
+        lines += [
+            "",
+            "Answer: greedy continuation's first N words == the reference answer's N words (case and whitespace "
+            "ignored), over the expressions with a reference answer.",
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -984,7 +1067,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-root", help="image folder (default: the dataset's convention)")
     parser.add_argument("--split-by", help="refer split scheme (default unc for RefCOCO/+, umd for RefCOCOg)")
     parser.add_argument("--splits", help="e.g. val,testA,testB or refcocog:test (default: each dataset's eval splits)")
-    parser.add_argument("--task", default="rec,res", help="rec, res or rec,res (default)")
+    parser.add_argument(
+        "--task",
+        default=",".join(DEFAULT_TASKS),
+        help="comma list of rec, res, answer (default rec,res); answer: the model's greedy text answers, exact match",
+    )
     parser.add_argument("--sam", help="SAM checkpoint (.pth): RES masks from SAM")
     parser.add_argument("--sam-type", default="vit_h", choices=["vit_b", "vit_l", "vit_h"])
     parser.add_argument("--prompt", default="box", choices=["box", "point", "points", "box+points"], help="SAM prompt")
@@ -1114,6 +1201,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 __all__ = [
     "ResultsMismatchError",
     "add_arguments",
+    "answer_matches",
     "add_reproduce_arguments",
     "compare_runs",
     "decode_rle",
@@ -1121,6 +1209,7 @@ __all__ = [
     "format_paper_comparison",
     "format_summary_md",
     "parse_splits",
+    "parse_tasks",
     "read_jsonl",
     "read_rows",
     "render_failures",

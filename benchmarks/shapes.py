@@ -294,7 +294,10 @@ def sample_scene(seed: int, difficulty: int, image_size: int) -> tuple[Scene, li
 
 
 class ShapesDataset:
-    """A split of the shapes world: ``size`` samples, one expression per scene, deterministic per index."""
+    """A split of the shapes world: ``size`` samples, one expression per scene, deterministic per index.
+
+    The default difficulty, 3, is the full world (every expression kind, noisy backgrounds): what ``--data shapes``
+    reads in ``discover``, ``bench`` and ``finetune``."""
 
     name = "shapes"
 
@@ -302,7 +305,7 @@ class ShapesDataset:
         self,
         split: str = "test",
         size: int = 1000,
-        difficulty: int = 2,
+        difficulty: int = 3,
         seed_offset: int = 0,
         image_size: int = DEFAULT_IMAGE_SIZE,
     ) -> None:

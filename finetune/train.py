@@ -193,11 +193,20 @@ def add_lora(
     return get_peft_model(model, config)
 
 
-def open_training_data(config: TrainConfig) -> Sequence[Any]:
-    """The samples of ``config.data`` / ``config.split`` (``limit``: the first N, for shapes its size)."""
+def open_training_data(config: TrainConfig, world: int = 1) -> Sequence[Any]:
+    """The samples of ``config.data`` / ``config.split`` (``limit``: the first N, for shapes its size).
+
+    The shapes world is procedural: without ``limit`` a ``--steps`` run gets a fresh scene for every sample it draws
+    (a fixed 1000 would be seen many times over and memorised).
+    """
     from benchmarks.datasets import open_dataset
 
-    extra = {"size": config.limit} if config.data == "shapes" and config.limit else {}
+    extra = {}
+    if config.data == "shapes":
+        if config.limit:
+            extra = {"size": config.limit}
+        elif config.steps:
+            extra = {"size": max(1000, int(config.steps) * config.batch_size * world)}
     source = open_dataset(
         config.data, data_root=config.data_root, split=config.split, image_root=config.image_root, **extra
     )
@@ -445,7 +454,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
 
     vlm = load_model(vlm if vlm is not None else config.model, dtype=config.dtype, device=str(accelerator.device))
-    samples = dataset if dataset is not None else open_training_data(config)
+    samples = dataset if dataset is not None else open_training_data(config, accelerator.num_processes)
     if len(samples) == 0:
         raise InputError(f"no samples in {config.data} / {config.split}")
     heads, heads_source = resolve_heads(vlm, config.heads)

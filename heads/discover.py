@@ -774,6 +774,13 @@ def run(args: argparse.Namespace) -> int:
             f"  note: only {len(hf.heads)} of the {args.top_k} heads asked for were ever selected: tau = {hf.tau:.4g} "
             "lets few heads compete; --tau LOWER (or --criterion entropy) widens the field"
         )
+    competing = summary["heads_scored"] if args.criterion == "entropy" else summary["heads_above_tau"]
+    if args.selection == "fixed" and 0 < competing <= args.per_sample:
+        print(
+            f"  note: --per-sample {args.per_sample} >= the {competing} heads that compete: every "
+            "one is selected for every sample, so frequencies tie (order by mean entropy); a smaller --per-sample "
+            "makes the frequency count discriminate"
+        )
     print("localization heads: " + (", ".join(hf.heads_str) or "none"))
     for reason in summary["skipped_examples"][:3]:
         print(f"  skipped {reason}")

@@ -105,11 +105,14 @@ def max_curvature_threshold(values) -> float:
     """``tau``: the mean ``S_img`` at the point of maximum curvature of the heads' ascending-sorted curve.
 
     Method: drop non-finite values, sort ascending (``y[i]``, ``x = i``) and run Kneedle (``kneed.KneeLocator``,
-    ``curve="convex"``, ``direction="increasing"``, ``S=1``, ``online=False``, ``interp1d``): on the curve normalised
-    to the unit square, the first local maximum of its distance below the chord that passes Kneedle's ``S``
-    threshold test; ``tau = y[knee]``. Fallback when Kneedle finds no knee (e.g. a linear or concave
-    curve): the index of the largest discrete second difference ``y[i-1] - 2 y[i] + y[i+1]`` of the curve normalised
-    to ``[0, 1]``. Fewer than 3 values, or a constant curve: ``tau = min(values)`` (every head passes).
+    ``direction="increasing"``, ``S=1``, ``online=False``, ``interp1d``): on the curve normalised to the unit square,
+    the first local maximum of its distance from the chord that passes Kneedle's ``S`` threshold test;
+    ``tau = y[knee]``. The curve is ``convex`` (LLaVA-1.5: most heads put little attention on the image, a few a
+    lot; the bend is near the top) unless its normalised points lie above the chord on average, then ``concave``
+    (a model without an attention sink: one or two heads look at the text, the rest almost only at the image; the
+    bend is where the curve flattens). Fallback when Kneedle finds no knee: the index of the largest absolute
+    discrete second difference ``y[i-1] - 2 y[i] + y[i+1]`` of the normalised curve. Fewer than 3 values, or a
+    constant curve: ``tau = min(values)`` (every head passes).
     """
     from kneed import KneeLocator
 
@@ -120,12 +123,13 @@ def max_curvature_threshold(values) -> float:
     if y.size < 3 or y[-1] == y[0]:
         return float(y[0])
     x = np.arange(y.size, dtype=np.float64)
+    yn = (y - y[0]) / (y[-1] - y[0])
+    curve = "concave" if float(np.mean(yn - x / x[-1])) > 0 else "convex"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # kneed warns when it finds no knee; we fall back below
-        knee = KneeLocator(x, y, S=1.0, curve="convex", direction="increasing").knee
+        knee = KneeLocator(x, y, S=1.0, curve=curve, direction="increasing").knee
     if knee is None:
-        yn = (y - y[0]) / (y[-1] - y[0])
-        knee = 1 + int(np.argmax(yn[:-2] - 2 * yn[1:-1] + yn[2:]))
+        knee = 1 + int(np.argmax(np.abs(yn[:-2] - 2 * yn[1:-1] + yn[2:])))
     return float(y[round(float(knee))])
 
 

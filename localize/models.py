@@ -13,7 +13,7 @@ import torch
 from .adapters import Adapter, adapter_for
 from .capture import AttentionMaps, Capturer, Head
 from .errors import UnknownModelError
-from .images import ImageLike
+from .images import ImageLike, load_image
 
 # Short names -> hub ids. A local directory or any hub id works too.
 ALIASES: dict[str, str] = {
@@ -26,7 +26,8 @@ ALIASES: dict[str, str] = {
 }
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-EMBEDDED: dict[str, Path] = {"shapes-tiny": ASSETS / "shapes-tiny"}
+# The shapes-world model (see benchmarks/SHAPES_TRIALS.md): the grounding default, and the base it was fine-tuned from.
+EMBEDDED: dict[str, Path] = {name: ASSETS / name for name in ("shapes-tiny", "shapes-tiny-base")}
 
 
 def known_aliases() -> dict[str, str]:
@@ -124,6 +125,22 @@ class VLM:
     ) -> list[AttentionMaps]:
         """Query-token attention over the image grid per phrase; see :meth:`localize.capture.Capturer.capture`."""
         return self.capturer.capture(images, phrases, heads, **options)
+
+    def answer(self, image: ImageLike, phrase: str, max_new_tokens: int = 16) -> str:
+        """The model's greedy continuation of the grounding prompt for (image, phrase), whitespace-collapsed."""
+        batch = self.adapter.prepare([load_image(image)], [phrase])
+        device = self.model.device
+        inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.adapter.tokenizer.pad_token_id,
+            )
+        new_tokens = output[0, inputs["input_ids"].shape[1] :]
+        text = self.adapter.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return " ".join(text.split())
 
     def info(self) -> dict[str, Any]:
         """What to record beside results: spec, revision, family, shape, prompt template, versions."""

@@ -84,7 +84,9 @@ def _draw_box(canvas: np.ndarray, box: Sequence[float], scale: float, color: tup
             cv2.line(canvas, q0, q1, color, thick, cv2.LINE_AA)
 
 
-def _outline(canvas: np.ndarray, mask: np.ndarray, size: tuple[int, int], color: tuple, thick: int, fill: float) -> None:
+def _outline(
+    canvas: np.ndarray, mask: np.ndarray, size: tuple[int, int], color: tuple, thick: int, fill: float
+) -> None:
     mask = cv2.resize(np.asarray(mask, dtype=np.uint8), size, interpolation=cv2.INTER_NEAREST)
     if fill > 0:
         tint = np.zeros_like(canvas)
@@ -185,9 +187,11 @@ def render_gallery(
     else:
         tiles = [t.resize((cell_width, max(1, round(t.height * cell_width / t.width))), Image.LANCZOS) for t in tiles]
         cols = max(1, min(cols, len(tiles)))
-        rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
+        rows = [tiles[i : i + cols] for i in range(0, len(tiles), cols)]
         heights = [max(t.height for t in row) for row in rows]
-        figure = Image.new("RGB", (cols * cell_width + (cols + 1) * gap, sum(heights) + (len(rows) + 1) * gap), (255,) * 3)
+        figure = Image.new(
+            "RGB", (cols * cell_width + (cols + 1) * gap, sum(heights) + (len(rows) + 1) * gap), (255,) * 3
+        )
         top = gap
         for row, row_height in zip(rows, heights):
             for j, tile in enumerate(row):

@@ -65,8 +65,15 @@ def load_sam(checkpoint: str | os.PathLike, model_type: str = "vit_h", device: s
         embed = state.get("image_encoder.patch_embed.proj.weight")
         guess = _EMBED_DIM_TO_TYPE.get(int(embed.shape[0])) if embed is not None and embed.ndim == 4 else None
         looks = f" (it looks like a {guess} checkpoint)" if guess and guess != model_type else ""
-        parts = [f"{name} {_preview(keys)}" for name, keys in
-                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if keys]
+        parts = [
+            f"{name} {_preview(keys)}"
+            for name, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if keys
+        ]
         raise SamCheckpointError(f"{path} is not a SAM {model_type} checkpoint{looks}: " + "; ".join(parts))
     sam = sam_model_registry[model_type]()
     sam.load_state_dict(state)

@@ -255,3 +255,121 @@ def test_sam_refines_the_masks(workspace, tmp_path, monkeypatch):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["settings"]["sam"] == {"name": "sam_tiny.pth", "bytes": 8}
     assert manifest["settings"]["prompt"] == "box+points" and "SAM box+points" in manifest["method"]
+
+
+# -- the answer task (shapes world) ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes_model(tmp_path_factory):
+    """A saved tiny LLaVA whose word-level tokenizer knows the shapes world's words."""
+    from benchmarks.shapes import VOCABULARY
+    from localize.testing import tiny_llava
+
+    folder = tmp_path_factory.mktemp("shapes") / "model"
+    model, processor = tiny_llava(words=VOCABULARY)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+def _shapes_bench(model: str, out: Path, tasks: str, *extra: str) -> int:
+    argv = ["bench", "--model", model, "--data", "shapes", "--splits", "val", "--limit", "4", "--task", tasks]
+    argv += ["--heads", HEADS, "--out", str(out), "--device", "cpu", "--dtype", "float32", "--no-progress"]
+    return main([*argv, "--gallery", "0", *extra])
+
+
+@pytest.fixture(scope="module")
+def answer_runs(shapes_model, tmp_path_factory):
+    """The same 4 shapes expressions benchmarked with the answer task and without it."""
+    root = tmp_path_factory.mktemp("answer_runs")
+    assert _shapes_bench(shapes_model, root / "with", "rec,answer") == 0
+    assert _shapes_bench(shapes_model, root / "without", "rec") == 0
+    return {"with": root / "with", "without": root / "without"}
+
+
+def test_vlm_answer_is_greedy_bounded_and_deterministic(tiny_vlm, noise_image):
+    first = tiny_vlm.answer(noise_image, "the red circle", max_new_tokens=3)
+    assert isinstance(first, str) and len(first.split()) <= 3
+    assert first == " ".join(first.split())  # whitespace collapsed, stripped
+    assert tiny_vlm.answer(noise_image, "the red circle", max_new_tokens=3) == first
+    longer = tiny_vlm.answer(noise_image, "the red circle", max_new_tokens=6)
+    assert len(longer.split()) <= 6 and longer.split()[: len(first.split())] == first.split()  # greedy prefix
+
+
+def test_answer_matches_compares_the_first_reference_words():
+    assert bench.answer_matches("x2 y3 small red circle", "x2 y3 small red circle")
+    assert bench.answer_matches("  X2   y3\nSmall red CIRCLE ", "x2 y3 small red circle")  # case and whitespace
+    assert bench.answer_matches("x2 y3 small red circle x1 blue the", "x2 y3 small red circle")  # trailing words
+    assert not bench.answer_matches("x2 y3 small red", "x2 y3 small red circle")  # too short
+    assert not bench.answer_matches("x2 y4 small red circle", "x2 y3 small red circle")
+    assert not bench.answer_matches("y3 x2 small red circle", "x2 y3 small red circle")  # order counts
+    assert not bench.answer_matches("x2y3 small red circle", "x2 y3 small red circle")  # words, not characters
+    assert not bench.answer_matches("", "x2 y3") and not bench.answer_matches("anything", "  ")
+    assert bench.parse_tasks("rec, ANSWER,rec") == ["rec", "answer"]
+    with pytest.raises(bench.InputError, match="--task"):
+        bench.parse_tasks("rec,vqa")
+
+
+def test_answer_task_rows_and_summary(answer_runs):
+    from benchmarks.shapes import ShapesDataset
+
+    reference = {s.sample_id: s for s in (ShapesDataset(split="val")[i] for i in range(4))}
+    rows = bench.read_rows(answer_runs["with"])[("shapes", "val")]
+    assert len(rows) == 4
+    for row in rows:
+        assert isinstance(row["pred_answer"], str) and isinstance(row["answer_correct"], bool)
+        assert row["target_answer"] == reference[row["id"]].answer
+        assert row["answer_correct"] == bench.answer_matches(row["pred_answer"], row["target_answer"])
+        budget = len(row["target_answer"].split()) + bench.ANSWER_EXTRA_TOKENS  # word-level tokenizer: 1 word/token
+        assert len(row["pred_answer"].split()) <= budget and "answer_s" in row["timings"]
+    summary = json.loads((answer_runs["with"] / "summary.json").read_text())
+    entry = summary["splits"][0]
+    assert entry["n_answer"] == 4 and entry["answer_acc"] == pytest.approx(np.mean([r["answer_correct"] for r in rows]))
+    assert "Answer: exact match (%)" in (answer_runs["with"] / "summary.md").read_text()
+    manifest = json.loads((answer_runs["with"] / "manifest.json").read_text())
+    assert manifest["tasks"] == ["rec", "answer"] and manifest["settings"]["answer"] == bench.ANSWER_PROTOCOL
+
+    plain_rows = bench.read_rows(answer_runs["without"])[("shapes", "val")]
+    assert [r["id"] for r in plain_rows] == [r["id"] for r in rows]
+    assert all("pred_answer" not in r and "answer_correct" not in r for r in plain_rows)
+    plain = json.loads((answer_runs["without"] / "summary.json").read_text())["splits"][0]
+    assert plain["answer_acc"] is None and plain["n_answer"] == 0
+    assert "Answer" not in (answer_runs["without"] / "summary.md").read_text()
+    assert "answer" not in json.loads((answer_runs["without"] / "manifest.json").read_text())["settings"]
+
+
+def test_adding_or_dropping_the_answer_task_is_refused(shapes_model, answer_runs, capsys):
+    before = {k: (v / "results" / "shapes" / "val.jsonl").read_text() for k, v in answer_runs.items()}
+    assert _shapes_bench(shapes_model, answer_runs["without"], "rec,answer") == 2
+    err = capsys.readouterr().err
+    assert "refusing to mix" in err and "answer" in err
+    assert _shapes_bench(shapes_model, answer_runs["with"], "rec") == 2
+    assert "refusing to mix" in capsys.readouterr().err
+    # rec and res only pick tables: switching between them is not a change of settings (no answer key either way).
+    assert _shapes_bench(shapes_model, answer_runs["without"], "res") == 0
+    assert {k: (v / "results" / "shapes" / "val.jsonl").read_text() for k, v in answer_runs.items()} == before
+
+
+def test_compare_shows_the_answer_delta_when_present(answer_runs, tmp_path, capsys):
+    with_answers = json.loads((answer_runs["with"] / "summary.json").read_text())["splits"][0]["answer_acc"]
+    out = tmp_path / "same"
+    assert main(["bench", "--compare", str(answer_runs["with"]), str(answer_runs["with"]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    entry = json.loads((out / "compare.json").read_text())["splits"][0]
+    assert entry["answer_acc"] == {"base": with_answers, "ft": with_answers, "delta": 0.0}
+    assert "## Answer: exact match (%)" in printed and "| delta (points) | +0.0 |" in printed
+
+    out = tmp_path / "mixed"  # one run without answers: its cells and the delta are n/a, the rest still renders
+    assert main(["bench", "--compare", str(answer_runs["without"]), str(answer_runs["with"]), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    entry = json.loads((out / "compare.json").read_text())["splits"][0]
+    assert entry["answer_acc"] == {"base": None, "ft": with_answers, "delta": None}
+    assert entry["acc@0.5"]["delta"] == pytest.approx(0.0)  # same model, heads and expressions
+    answer_section = printed.split("## Answer: exact match (%)")[1]
+    assert "| delta (points) | n/a |" in answer_section and "REC: Acc@0.5" in printed
+
+    out = tmp_path / "none"  # neither run has answers: no answer table at all
+    plain = str(answer_runs["without"])
+    assert main(["bench", "--compare", plain, plain, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Answer" not in printed and "REC: Acc@0.5" in printed
+    assert json.loads((out / "compare.json").read_text())["splits"][0]["answer_acc"]["delta"] is None

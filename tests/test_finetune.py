@@ -261,3 +261,11 @@ def test_cli_run_exports_a_model_that_loads(tmp_path):
     assert not torch.equal(merged[name], dict(model.named_parameters())[name])  # LoRA was merged in
     name = "model.language_model.layers.3.mlp.down_proj.weight"
     assert not torch.equal(merged[name], dict(model.named_parameters())[name])
+
+
+def test_shapes_training_data_is_fresh_for_every_drawn_sample(tmp_path):
+    from finetune.train import open_training_data
+
+    assert len(open_training_data(_config(tmp_path, data="shapes", steps=400, batch_size=4), world=2)) == 3200
+    assert len(open_training_data(_config(tmp_path, data="shapes", steps=10, batch_size=4))) == 1000
+    assert len(open_training_data(_config(tmp_path, data="shapes", steps=400, batch_size=4, limit=64))) == 64

@@ -145,6 +145,15 @@ def test_tau_lands_on_the_knee():
     assert (y >= max_curvature_threshold(y)).sum() == 11
 
 
+def test_tau_on_a_concave_curve_is_where_it_flattens():
+    # A model without an attention sink: one head looks at the text, the others almost only at the image. The
+    # sharpest bend is where the curve flattens; a convex-only knee would land at the top and keep one head.
+    y = np.array([0.0155, 0.98, 0.982, 0.985, 0.996, 0.997, 0.999, 0.9995])
+    tau = max_curvature_threshold(np.random.default_rng(0).permutation(y))
+    assert tau == pytest.approx(0.98)
+    assert (y >= tau).sum() == 7
+
+
 def test_tau_degenerate_curves():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

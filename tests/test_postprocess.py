@@ -16,8 +16,9 @@ SHARP = GroundingSettings(sigma=0.0, threshold=0.5)  # no smoothing, cut halfway
 def llava_pad(width: int = 640, height: int = 480, grid: int = 24) -> GridGeometry:
     """LLaVA pad-to-square: one scale, the short side centred in the square."""
     scale = max(width, height) / grid
-    return GridGeometry(grid, grid, (width, height), scale, scale, -(max(width, height) - width) / 2,
-                        -(max(width, height) - height) / 2)
+    return GridGeometry(
+        grid, grid, (width, height), scale, scale, -(max(width, height) - width) / 2, -(max(width, height) - height) / 2
+    )
 
 
 def qwen_resize(width: int = 500, height: int = 300, rows: int = 20, cols: int = 30) -> GridGeometry:
@@ -175,7 +176,11 @@ def test_bad_inputs() -> None:
     with pytest.raises(InputError):
         GroundingSettings(mask_mode="polygon")
     assert GroundingSettings().to_dict() == {
-        "kernel": 7, "sigma": 1.0, "scale_to_grid": False, "threshold": "mean", "mask_mode": "hull"
+        "kernel": 7,
+        "sigma": 1.0,
+        "scale_to_grid": False,
+        "threshold": "mean",
+        "mask_mode": "hull",
     }
 
 
@@ -190,12 +195,25 @@ def test_torch_maps_and_overlay_rendering(tmp_path) -> None:
     result = maps_to_grounding(torch.from_numpy(maps).to(torch.bfloat16), geometry)
     assert result.box == maps_to_grounding(maps, geometry).box
     image = np.full((geometry.height, geometry.width, 3), 120, dtype=np.uint8)
-    figure = render_overlay(image, result.heatmap, result.box, result.mask, "the thing on the left",
-                            path=tmp_path / "one.png", points=[(100, 150, 1), (10, 10, 0)], title="score 0.9",
-                            target_box=(60, 130, 160, 210), target_mask=result.mask)
+    figure = render_overlay(
+        image,
+        result.heatmap,
+        result.box,
+        result.mask,
+        "the thing on the left",
+        path=tmp_path / "one.png",
+        points=[(100, 150, 1), (10, 10, 0)],
+        title="score 0.9",
+        target_box=(60, 130, 160, 210),
+        target_mask=result.mask,
+    )
     assert isinstance(figure, Image.Image) and figure.width == geometry.width and figure.height > geometry.height
     assert (tmp_path / "one.png").is_file()
-    gallery = render_gallery([figure, {"image": image[:40, :60], "box": (5, 5, 30, 30), "phrase": "tiny"}] * 3,
-                             tmp_path / "gallery.png", cols=4, cell_width=200)
+    gallery = render_gallery(
+        [figure, {"image": image[:40, :60], "box": (5, 5, 30, 30), "phrase": "tiny"}] * 3,
+        tmp_path / "gallery.png",
+        cols=4,
+        cell_width=200,
+    )
     assert gallery.width == 4 * 200 + 5 * 8 and (tmp_path / "gallery.png").is_file()
     assert render_gallery([], None).size[0] > 0

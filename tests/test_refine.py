@@ -88,8 +88,9 @@ def test_points_and_box_plus_points(refiner: SamRefiner, heatmap: np.ndarray, mo
 
 
 @pytest.mark.parametrize("prompt", ["box", "point", "points", "box+points"])
-def test_every_prompt_reaches_predict_torch_in_sam_input_frame(refiner: SamRefiner, heatmap: np.ndarray,
-                                                               monkeypatch: pytest.MonkeyPatch, prompt: str) -> None:
+def test_every_prompt_reaches_predict_torch_in_sam_input_frame(
+    refiner: SamRefiner, heatmap: np.ndarray, monkeypatch: pytest.MonkeyPatch, prompt: str
+) -> None:
     seen: dict = {}
     original = refiner.predictor.predict_torch
 
@@ -215,7 +216,9 @@ def test_wrong_checkpoint_kind(tmp_path, tiny_registry) -> None:
 def test_wrong_checkpoint_against_the_real_registry(tmp_path) -> None:
     path = tmp_path / "not_sam.pth"
     torch.save({"weight": torch.zeros(3)}, path)
-    with pytest.raises(SamCheckpointError, match="not a SAM vit_h checkpoint: missing keys .*unexpected keys \\[weight\\]"):
+    with pytest.raises(
+        SamCheckpointError, match="not a SAM vit_h checkpoint: missing keys .*unexpected keys \\[weight\\]"
+    ):
         load_sam(path, "vit_h")  # checked against a meta-device vit_h: nothing is allocated
 
 
