@@ -1079,7 +1079,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, choices=range(1, 6), metavar="1..5", help="use the first k heads")
     parser.add_argument("--kernel", type=int, default=7, help="Gaussian kernel on the grid (paper: 7)")
     parser.add_argument("--sigma", type=float, default=1.0, help="Gaussian sigma on the grid (paper: 1; 0 = off)")
-    parser.add_argument("--scale-smoothing", action="store_true", help="scale kernel and sigma with the grid")
+    parser.add_argument(
+        "--scale-smoothing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scale kernel and sigma with the grid relative to 24x24 (default; unchanged on LLaVA-1.5)",
+    )
     parser.add_argument("--mask-mode", default="hull", choices=["hull", "component", "binary"])
     parser.add_argument("--oracle-maps", action="store_true", help="ceiling: target mask on the grid as the map")
     parser.add_argument("--method", help="row label in the tables (default: from heads and settings)")

@@ -74,6 +74,7 @@ class TrainConfig:
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_PROJECTIONS))
     lora_layers: str = "auto"  # auto (up to the deepest supervised layer), all, or "0-15"
+    lora_vision: bool = False  # LoRA on the vision encoder and projector's linear layers too
     steps: int | None = None
     epochs: float | None = None
     lr: float = 2e-4
@@ -108,33 +109,13 @@ class TrainResult:
 
 # -- setup ---------------------------------------------------------------------------------------------------------
 def resolve_heads(vlm: Any, spec: str | Sequence | os.PathLike) -> tuple[list[Head], Path | None]:
-    """Heads and their file (if any) from ``"auto"``, a heads file, ``"L14 H24,..."`` or (layer, head) pairs.
+    """Heads and their file (None when not from a file) from ``"auto"`` (a ``heads.json`` beside the model, else
+    the published heads), a heads file, ``"L14 H24,..."`` or (layer, head) pairs: :func:`heads.discover.load_heads_for`."""
+    from heads.discover import load_heads_for
 
-    ``"auto"``: a ``heads.json`` beside the model (a fine-tuned export), else the published heads of its hub id.
-    Uses ``heads.discover.load_heads_for`` when that helper exists.
-    """
-    from heads import load_heads, parse_heads, validate_heads
-
-    path = Path(spec) if isinstance(spec, (str, os.PathLike)) and os.path.isfile(spec) else None
-    beside = Path(str(vlm.spec)) / "heads.json"
-    if spec == "auto" and beside.is_file():
-        path = beside
-    if path is not None:
-        return validate_heads(load_heads(path), vlm.num_layers, vlm.num_heads), path
-    try:
-        from heads.discover import load_heads_for  # the discovery helper, when present
-    except ImportError:
-        load_heads_for = None
-    if load_heads_for is not None:
-        found = load_heads_for(vlm, spec)
-        return validate_heads(getattr(found, "heads", found), vlm.num_layers, vlm.num_heads), None
-    if spec == "auto":
-        from heads import published_heads
-        from localize.models import ALIASES
-
-        hub_id = ALIASES.get(str(vlm.spec), str(vlm.spec))
-        return validate_heads(published_heads(hub_id), vlm.num_layers, vlm.num_heads), None
-    return validate_heads(parse_heads(spec), vlm.num_layers, vlm.num_heads), None
+    found = load_heads_for(vlm, spec)
+    source = Path(found.source) if found.source and os.path.isfile(found.source) else None
+    return list(found.heads), source
 
 
 def _layer_list(spec: str, deepest: int, num_layers: int) -> list[int]:
@@ -171,6 +152,16 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def vision_linear_names(model: torch.nn.Module, vision_modules: Sequence[str]) -> list[str]:
+    """Full names of the ``nn.Linear`` layers inside the modules named ``vision_modules`` (an adapter's vision side)."""
+    wanted = set(vision_modules)
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and wanted & set(name.split("."))
+    ]
+
+
 def add_lora(
     model: torch.nn.Module,
     layers: Sequence[int],
@@ -179,15 +170,25 @@ def add_lora(
     alpha: float | None = None,
     dropout: float = 0.05,
     projections: Sequence[str] = LORA_PROJECTIONS,
+    vision_modules: Sequence[str] = (),
 ) -> torch.nn.Module:
-    """Wrap ``model`` in a peft LoRA model; only the LoRA matrices train."""
+    """Wrap ``model`` in a peft LoRA model; only the LoRA matrices train. ``vision_modules`` (attribute names, e.g.
+    an adapter's ``vision_modules``): their linear layers get LoRA too."""
+    import re
+
     from peft import LoraConfig, get_peft_model
 
+    target = lora_target_regex(model, layers, projections)
+    vision = vision_linear_names(model, vision_modules) if vision_modules else []
+    if vision_modules and not vision:
+        raise InputError(f"no linear layer found under {', '.join(vision_modules)} for --lora-vision")
+    if vision:
+        target = "|".join([f"(?:{target})", *(re.escape(name) for name in vision)])
     config = LoraConfig(
         r=r,
         lora_alpha=alpha if alpha is not None else 2 * r,
         lora_dropout=dropout,
-        target_modules=lora_target_regex(model, layers, projections),
+        target_modules=target,
         bias="none",
     )
     return get_peft_model(model, config)
@@ -474,6 +475,7 @@ def train(
         alpha=config.lora_alpha,
         dropout=config.lora_dropout,
         projections=config.lora_targets,
+        vision_modules=vlm.adapter.vision_modules if config.lora_vision else (),
     )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -620,6 +622,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
     parser.add_argument("--lora-targets", default=",".join(LORA_PROJECTIONS), help="projection names")
     parser.add_argument("--lora-layers", default=d.lora_layers, help="auto (to the deepest head), all, or 0-15")
+    parser.add_argument("--lora-vision", action="store_true", help="LoRA on the vision encoder and projector too")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None)
     length.add_argument("--epochs", type=float, default=None)

@@ -653,7 +653,7 @@ def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
     if isinstance(heads, (str, os.PathLike)):
         text = os.fspath(heads).strip()
         if text.lower() == "auto":
-            beside = Path(str(getattr(vlm, "spec", ""))) / "heads.json"
+            beside = Path(str(getattr(vlm, "source", None) or getattr(vlm, "spec", ""))) / "heads.json"
             return load_heads_for(vlm, beside) if beside.is_file() else _published_for(vlm)
         if isinstance(heads, os.PathLike) or text.lower().endswith(".json") or os.path.isfile(text):
             return ResolvedHeads(validate_heads(load_heads(text), num_layers, num_heads), text)

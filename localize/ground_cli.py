@@ -21,7 +21,12 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default="box", choices=["box", "point", "points", "box+points"], help="SAM prompt")
     parser.add_argument("--kernel", type=int, default=7, help="Gaussian kernel on the grid (paper: 7 for 24x24)")
     parser.add_argument("--sigma", type=float, default=1.0, help="Gaussian sigma on the grid (0 disables)")
-    parser.add_argument("--scale-smoothing", action="store_true", help="scale kernel and sigma with the model's grid")
+    parser.add_argument(
+        "--scale-smoothing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scale kernel and sigma with the model's grid relative to 24x24 (default; unchanged on LLaVA-1.5)",
+    )
     parser.add_argument("--mask-mode", default="hull", choices=["hull", "component", "binary"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")

@@ -92,11 +92,13 @@ class VLM:
         spec: str = "<in-memory>",
         template: str | None = None,
         revision: str | None = None,
+        source: str | None = None,
     ) -> None:
         model_type = model.config.model_type
         self.model = model
         self.processor = processor
         self.spec = spec
+        self.source = source or spec  # what ``spec`` resolved to: a local directory or hub id
         self.revision = revision
         self.adapter: Adapter = adapter_for(model_type)(model, processor, template)
         self.capturer = Capturer(model, self.adapter)
@@ -207,7 +209,7 @@ def load_model(
     if config.model_type == "llava" and llava_pad_to_square:
         processor.image_processor = _pad_to_square(processor.image_processor)
     revision = revision or getattr(config, "_commit_hash", None)
-    return VLM(model, processor, spec=spec, template=template, revision=revision)
+    return VLM(model, processor, spec=spec, template=template, revision=revision, source=source)
 
 
 def _pad_to_square(image_processor: Any) -> Any:

@@ -34,7 +34,8 @@ class GroundingSettings:
     """Post-processing settings (recorded in outputs via :meth:`to_dict`).
 
     ``kernel``/``sigma``: Gaussian smoothing of each head map on the grid (sigma 0 disables smoothing). With
-    ``scale_to_grid`` both scale with the grid relative to the paper's 24x24: ``m = min(rows, cols)``,
+    ``scale_to_grid`` (default) both scale with the grid relative to the paper's 24x24 (LLaVA-1.5's grid, where
+    they are unchanged; a 7-cell kernel would swamp a 16x16 grid): ``m = min(rows, cols)``,
     kernel = max(1, odd(round(kernel * m / 24))) (odd(n) = n if n is odd else n + 1), sigma = sigma * m / 24.
     ``threshold``: ``"mean"`` keeps pixels strictly above the mean of the upsampled summed map; a float ``f`` in
     (0, 1] keeps pixels whose normalised heatmap is >= ``f`` (``min + f * (max - min)``; ``f * max`` for maps
@@ -44,7 +45,7 @@ class GroundingSettings:
 
     kernel: int = 7
     sigma: float = 1.0
-    scale_to_grid: bool = False
+    scale_to_grid: bool = True
     threshold: str | float = "mean"
     mask_mode: str = "hull"
 

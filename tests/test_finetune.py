@@ -173,6 +173,24 @@ def test_gradients_reach_only_lora(noise_image):
             assert "language_model" in name and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_lora_vision_adapts_the_vision_side_too(family, noise_image):
+    from localize.testing import tiny_qwen2_5_vl
+
+    vlm = VLM(*(tiny_llava() if family == "llava" else tiny_qwen2_5_vl()))
+    model = add_lora(vlm.model, layers=[2, 3], r=4, vision_modules=vlm.adapter.vision_modules)
+    lora = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n in lora)
+    vision = [n for n in lora if any(m in n.split(".") for m in vlm.adapter.vision_modules)]
+    language = [n for n in lora if "language_model" in n]
+    assert vision and language and len(vision) + len(language) == len(lora)
+    assert not any(f"layers.{i}." in n for n in language for i in (0, 1))  # LM layers outside ``layers`` untouched
+    if family == "llava":  # the projector's linear layers too
+        assert any("multi_modal_projector" in n for n in vision)
+    with pytest.raises(Exception, match="no linear layer"):
+        add_lora(VLM(*tiny_llava()).model, layers=[2], r=4, vision_modules=("no_such_module",))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(noise_image):
     grads = []
     for checkpointing in (False, True):

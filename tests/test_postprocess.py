@@ -148,7 +148,7 @@ def test_scale_to_grid() -> None:
     assert settings.smoothing_for(12, 12) == (5, 0.5)
     assert settings.smoothing_for(8, 8) == (3, pytest.approx(1 / 3))
     assert settings.smoothing_for(4, 4)[0] == 1
-    assert GroundingSettings().smoothing_for(48, 48) == (7, 1.0)
+    assert GroundingSettings(scale_to_grid=False).smoothing_for(48, 48) == (7, 1.0)
     assert GroundingSettings(sigma=0.0, scale_to_grid=True).smoothing_for(48, 48)[1] == 0.0
 
 
@@ -178,7 +178,7 @@ def test_bad_inputs() -> None:
     assert GroundingSettings().to_dict() == {
         "kernel": 7,
         "sigma": 1.0,
-        "scale_to_grid": False,
+        "scale_to_grid": True,
         "threshold": "mean",
         "mask_mode": "hull",
     }

@@ -48,6 +48,8 @@ class Adapter(ABC):
     default_template: ClassVar[str]
     text_config_key: ClassVar[str] = "text_config"
     description: ClassVar[str] = ""
+    # Attribute names of the vision side (encoder, projector / merger) inside the model, for fine-tuning it.
+    vision_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: torch.nn.Module, processor: Any, template: str | None = None) -> None:
         self.model = model

@@ -17,6 +17,7 @@ class LlavaAdapter(Adapter):
     model_types = ("llava",)
     # The official code's plain form: the image, then the referring expression; the query is its last token.
     default_template = "<image>\n{phrase}"
+    vision_modules = ("vision_tower", "multi_modal_projector")
     description = "LLaVA-1.5 (CLIP ViT + Llama/Vicuna); fixed square grid; pad-to-square or resize+center-crop"
 
     @property
