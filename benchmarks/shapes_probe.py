@@ -1,6 +1,6 @@
 """Measure a shapes-world model the way issue 7 asks: discovered heads vs baselines vs the pipeline's ceiling.
 
-    python -m benchmarks.shapes_probe MODEL_DIR [--discover 200] [--test 500] [--json out.json]
+    python -m benchmarks.shapes_probe MODEL_DIR [--discover 200 | --heads auto] [--test 500] [--json out.json]
 
 MODEL_DIR is a ``save_pretrained`` directory, or a ``train_shapes`` checkpoint directory (exported first).
 Discovery runs the toolkit's own ``heads.discover`` on validation scenes; REC Acc@0.5 is then measured on test
@@ -26,12 +26,12 @@ from benchmarks.metrics import box_iou
 
 
 def load_for_probe(path: str):
-    """A VLM from a model directory, or from a ``train_shapes`` checkpoint (state.json + model.safetensors)."""
+    """A VLM from an alias or model directory, or from a ``train_shapes`` checkpoint (state.json + safetensors)."""
     from localize.models import VLM, load_model
 
     directory = Path(path)
-    if (directory / "config.json").exists():
-        return load_model(str(directory), device="cpu", dtype="float32")
+    if not (directory / "state.json").exists():
+        return load_model(path, device="cpu", dtype="float32")
     from safetensors.torch import load_file
 
     from benchmarks.train_shapes import build_model
@@ -42,15 +42,22 @@ def load_for_probe(path: str):
     return VLM(model.eval(), processor, spec=str(directory))
 
 
-def probe(vlm, discover_n: int, test_n: int, top_k: int = 3, seed: int = 0, batch: int = 16) -> dict:
-    """Discovery on validation scenes, then REC Acc@0.5 of heads, baselines and the oracle on test scenes."""
-    from heads.discover import discover
+def probe(
+    vlm, discover_n: int, test_n: int, top_k: int = 3, seed: int = 0, batch: int = 16, heads_spec: str | None = None
+) -> dict:
+    """Discovery on validation scenes (or the given ``heads_spec``: "auto", a heads file, "L2 H1,..."), then REC
+    Acc@0.5 of the heads, baselines and the oracle on test scenes."""
+    from heads.discover import discover, load_heads_for
     from localize.postprocess import GroundingSettings, maps_to_grounding
 
     torch.manual_seed(seed)
-    val = [s for s in shapes.ShapesDataset("val", size=discover_n, difficulty=3)]
-    found = discover(vlm, val, top_k=top_k, progress=False, seed=seed)
-    heads = list(found.heads)
+    found = None
+    if heads_spec is not None:
+        heads = list(load_heads_for(vlm, heads_spec).heads)
+    else:
+        val = [s for s in shapes.ShapesDataset("val", size=discover_n, difficulty=3)]
+        found = discover(vlm, val, top_k=top_k, progress=False, seed=seed)
+        heads = list(found.heads)
     settings = GroundingSettings(scale_to_grid=True)
     test = shapes.ShapesDataset("test", size=test_n, difficulty=3)
     rng = np.random.default_rng(seed)
@@ -120,8 +127,10 @@ def probe(vlm, discover_n: int, test_n: int, top_k: int = 3, seed: int = 0, batc
         "per_head_top5": per_head[:5],
         "best_single_head_acc@0.5": max(r["acc@0.5"] for r in per_head),
         "heads": [list(h) for h in heads],
-        "frequency_of_heads": [float(found.heads_file.frequency[layer][head]) for layer, head in heads],
-        "tau": found.heads_file.tau,
+        "frequency_of_heads": None
+        if found is None
+        else [float(found.heads_file.frequency[layer][head]) for layer, head in heads],
+        "tau": None if found is None else found.heads_file.tau,
         "acc@0.5": acc,
         "best_trivial": max(acc[k] for k in baselines),
         "discover_samples": discover_n,
@@ -136,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--discover", type=int, default=200, help="validation scenes for discovery")
     parser.add_argument("--test", type=int, default=500, help="test scenes for REC")
     parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--heads", default=None, help='skip discovery: "auto", a heads file or "L2 H1,L3 H0"')
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = probe(load_for_probe(args.model), args.discover, args.test, args.top_k)
+    result = probe(load_for_probe(args.model), args.discover, args.test, args.top_k, heads_spec=args.heads)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
