@@ -45,12 +45,17 @@ SPLIT_CAPACITY = 1_000_000_000
 RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
 SUPERLATIVES: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommost", "biggest", "smallest")
 
-# Every word the world produces (expressions and answers), for building a tokenizer.
-VOCABULARY: tuple[str, ...] = tuple(
-    ["the", "object", "of", "above", "below", "left", "right", *SUPERLATIVES, *COLORS, *SHAPES, *SIZE_WORDS]
-    + [f"x{i}" for i in range(POSITION_BINS)]
-    + [f"y{i}" for i in range(POSITION_BINS)]
-)
+
+def vocabulary(position_bins: int = POSITION_BINS) -> tuple[str, ...]:
+    """Every word the world produces (expressions and answers with ``position_bins`` bins), for a tokenizer."""
+    return tuple(
+        ["the", "object", "of", "above", "below", "left", "right", *SUPERLATIVES, *COLORS, *SHAPES, *SIZE_WORDS]
+        + [f"x{i}" for i in range(position_bins)]
+        + [f"y{i}" for i in range(position_bins)]
+    )
+
+
+VOCABULARY: tuple[str, ...] = vocabulary()
 
 
 @dataclass
@@ -150,11 +155,11 @@ def render_scene(seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE
     return Scene(seed=int(seed), image=canvas, objects=objects, difficulty=difficulty, image_size=image_size)
 
 
-def answer_for(obj: ShapeObject, image_size: int) -> str:
-    """The text answer about ``obj``: "x{col} y{row} {size} {color} {shape}" (8 x 8 position bins)."""
+def answer_for(obj: ShapeObject, image_size: int, position_bins: int = POSITION_BINS) -> str:
+    """The text answer about ``obj``: "x{col} y{row} {size} {color} {shape}" (``position_bins`` bins per axis)."""
     cx, cy = obj.center
-    col = min(POSITION_BINS - 1, int(cx * POSITION_BINS / image_size))
-    row = min(POSITION_BINS - 1, int(cy * POSITION_BINS / image_size))
+    col = min(position_bins - 1, int(cx * position_bins / image_size))
+    row = min(position_bins - 1, int(cy * position_bins / image_size))
     return f"x{col} y{row} {obj.size_word} {obj.color} {obj.shape}"
 
 

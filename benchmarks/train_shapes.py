@@ -54,7 +54,7 @@ def build_model(args: argparse.Namespace):
     from localize.testing import tiny_llava
 
     model, processor = tiny_llava(
-        words=shapes.VOCABULARY,
+        words=shapes.vocabulary(getattr(args, "position_bins", shapes.POSITION_BINS)),
         image_size=args.image_size,
         patch_size=args.patch_size,
         vision_hidden=args.vision_hidden,
@@ -84,13 +84,15 @@ def difficulty_at(step: int, steps: int, warm: bool = False) -> int:
     return 1 if step < steps // 5 else 2 if step < 3 * steps // 5 else 3
 
 
-def _packed_texts(step: int, args: argparse.Namespace) -> tuple[list, list[str]]:
-    """Images and texts of a packed training step: ``--pack`` expressions (distinct targets) after each image."""
+def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> tuple[list, list[str]]:
+    """Images and texts of a packed step: ``--pack`` expressions (distinct targets) after each image (validation:
+    difficulty 3)."""
     images, texts = [], []
     n_images = max(1, args.batch_size // args.pack)
-    difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None)))
+    difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
+    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     for i in range(n_images):
-        seed = shapes.scene_seed("train", step * n_images + i)
+        seed = shapes.scene_seed(split, step * n_images + i)
         scene, expressions = shapes.sample_scene(seed, difficulty, args.image_size)
         rng = np.random.default_rng([seed, difficulty, 23])
         chosen, targets = [], set()
@@ -101,7 +103,7 @@ def _packed_texts(step: int, args: argparse.Namespace) -> tuple[list, list[str]]
         # Fill up to ``pack`` with repeats of other expressions when the scene has fewer objects.
         rest = [e for e in expressions if e not in chosen]
         chosen += [rest[k] for k in rng.permutation(len(rest))[: max(0, args.pack - len(chosen))]]
-        parts = [f"{e.text} {shapes.answer_for(scene.objects[e.target], args.image_size)} </s>" for e in chosen]
+        parts = [f"{e.text} {shapes.answer_for(scene.objects[e.target], args.image_size, bins)} </s>" for e in chosen]
         images.append(scene.image)
         texts.append("<image>\n" + " ".join(parts[: args.pack]))
     return images, texts
@@ -110,9 +112,12 @@ def _packed_texts(step: int, args: argparse.Namespace) -> tuple[list, list[str]]
 def make_batch(processor, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None):
     """Inputs and labels (answers + eos only) of training step ``step`` (deterministic in the step)."""
     size = size or args.batch_size
+    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     pack = getattr(args, "pack", 1) if split == "train" else 1
     samples = []
-    if pack > 1:
+    if split != "train" and bins != shapes.POSITION_BINS:  # the dataset's answers use the default bins
+        images, texts = _packed_texts(step, argparse.Namespace(**{**vars(args), "pack": 4, "batch_size": size}), split)
+    elif pack > 1:
         images, texts = _packed_texts(step, args)
     else:
         difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
@@ -124,7 +129,7 @@ def make_batch(processor, step: int, args: argparse.Namespace, split: str = "tra
         texts = [f"<image>\n{s.expression} {s.answer} </s>" for s in samples]
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
     labels = torch.full_like(inputs["input_ids"], -100)
-    answer_words = {w for w in shapes.VOCABULARY if w[0] in "xy" and w[1:].isdigit()}
+    answer_words = {w for w in shapes.vocabulary(bins) if w[0] in "xy" and w[1:].isdigit()}
     answer_words |= set(shapes.SIZE_WORDS)
     tokenizer = processor.tokenizer
     image_id = tokenizer.convert_tokens_to_ids("<image>")
@@ -147,17 +152,18 @@ def make_batch(processor, step: int, args: argparse.Namespace, split: str = "tra
 def evaluate(model, processor, args: argparse.Namespace, batches: int = 4) -> dict[str, float]:
     """Answer accuracy on validation scenes (difficulty 3): exact answers and per-field accuracy (teacher-forced)."""
     model.eval()
-    correct = exact = total = 0
+    correct = exact = total = rows = 0
     for k in range(batches):
         inputs, labels, _ = make_batch(processor, k, args, split="val", size=32)
         logits = model(**inputs).logits[:, :-1]
         target = labels[:, 1:]
         hit = (logits.argmax(-1) == target) | (target == -100)
         exact += int(hit.all(1).sum())
+        rows += int(hit.shape[0])
         correct += int(((logits.argmax(-1) == target) & (target != -100)).sum())
         total += int((target != -100).sum())
     model.train()
-    return {"answer_exact": exact / (32 * batches), "token_acc": correct / total}
+    return {"answer_exact": exact / rows, "token_acc": correct / total}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,10 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument(
+        "--position-bins", type=int, default=shapes.POSITION_BINS, help="answer position bins per axis (needs --pack)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=250)
     args = parser.parse_args(argv)
+    if args.position_bins != shapes.POSITION_BINS and args.pack < 2:
+        parser.error("--position-bins other than the world's needs --pack >= 2 (answers are built per scene)")
 
     from safetensors.torch import load_file, save_file
 
@@ -217,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     start = 0
     if (checkpoint / "state.json").exists():
         state = json.loads((checkpoint / "state.json").read_text())
-        saved_args = {"pack": 1, "init": None, **state["args"]}  # checkpoints from before --pack existed
+        # checkpoints from before --pack / --position-bins existed
+        saved_args = {"pack": 1, "init": None, "position_bins": shapes.POSITION_BINS, **state["args"]}
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
             raise SystemExit(f"{checkpoint} was written with other settings; use another --out")
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)

@@ -113,3 +113,26 @@ def test_training_labels_are_the_answers_after_each_expression(pack):
             expected += words[start:] + ["</s>"]
             assert len(words[start:]) == 5  # x y size color shape
         assert tokenizer.decode(lab[lab != -100]).split() == expected
+
+
+def test_finer_position_bins_for_training_trials():
+    import argparse
+
+    from benchmarks import train_shapes
+
+    scene, _ = shapes.sample_scene(shapes.scene_seed("val", 3), 3, 128)
+    obj = scene.objects[0]
+    coarse, fine = shapes.answer_for(obj, 128).split(), shapes.answer_for(obj, 128, position_bins=16).split()
+    assert int(fine[0][1:]) // 2 == int(coarse[0][1:]) and fine[2:] == coarse[2:]
+    assert {"x15", "y15"} <= set(shapes.vocabulary(16)) and "x8" not in shapes.VOCABULARY
+    args = argparse.Namespace(
+        batch_size=4, steps=10, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
+        layers=2, heads=2, seed=0, pack=2, position_bins=16,
+    )  # fmt: skip
+    _, processor = train_shapes.build_model(args)
+    for split in ("train", "val"):
+        inputs, labels, _ = train_shapes.make_batch(processor, 1, args, split=split)
+        words = processor.tokenizer.decode(labels[labels != -100]).split()
+        assert words and processor.tokenizer.unk_token not in words
+        per_row = 2 if split == "train" else 4  # validation packs 4 expressions per scene
+        assert len(words) == 6 * per_row * labels.shape[0]  # (x y size color shape </s>) per packed expression
