@@ -8,7 +8,8 @@ scenes for the top-k heads (the paper's pipeline, smoothing scaled to the grid),
 oracle (the target mask downsampled to the grid through the same step), and trivial boxes: the whole image, the
 largest object, a random object, a centred box of median target size. Per head: how often its peak cell is on the
 target vs on a random other object, its own Acc@0.5, and its target lift (share of its image attention on the target
-divided by the target's share of the grid; 1 = no preference).
+divided by the target's share of the grid; 1 = no preference), and its object choice (how often the object its
+attention is densest on is the target; chance is printed beside it).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def probe(
     head_acc: dict[tuple[int, int], list[bool]] = {}
     # Lift: share of the head's image attention on the target / the target's share of the grid (1 = no preference).
     lift: dict[tuple[int, int], list[float]] = {}
+    # Object choice: how often the object on which the head's attention is densest is the target (scenes with >= 2
+    # objects; chance = the mean of 1 / objects).
+    choice: dict[tuple[int, int], list[bool]] = {}
+    chance: list[float] = []
     for start in range(0, test_n, batch):
         samples = [test[i] for i in range(start, min(test_n, start + batch))]
         captured = vlm.capture([s.image for s in samples], [s.expression for s in samples])
@@ -94,6 +99,12 @@ def probe(
             other = maps.geometry.box_to_grid(others[int(rng.integers(len(others)))]) if others else None
             share = (maps.maps.numpy() * oracle).sum((1, 2)) / np.maximum(maps.maps.numpy().sum((1, 2)), 1e-9)
             area = float(oracle.mean())
+            object_grids = [maps.geometry.box_to_grid(b) for b in objects]
+            density = np.stack(
+                [(maps.maps.numpy() * g).sum((1, 2)) / max(float(g.sum()), 1e-9) for g in object_grids], axis=1
+            )
+            if len(objects) > 1:
+                chance.append(1.0 / len(objects))
             flat = maps.maps.flatten(1).argmax(1).numpy()
             rows, cols = np.unravel_index(flat, maps.grid)
             for i, head in enumerate(maps.heads):
@@ -103,6 +114,8 @@ def probe(
                 single = maps_to_grounding(maps.maps[i : i + 1].numpy(), maps.geometry, settings).box
                 head_acc.setdefault(head, []).append(box_iou(single, target) >= 0.5)
                 lift.setdefault(head, []).append(float(share[i]) / max(area, 1e-9))
+                if len(objects) > 1:
+                    choice.setdefault(head, []).append(int(density[i].argmax()) == sample.meta["target"])
     w, h = np.median(np.asarray(sizes), axis=0)
     for sample in (test[i] for i in range(test_n)):
         width, height = sample.image_size
@@ -118,6 +131,7 @@ def probe(
                 "peak_on_random_other": float(np.mean(peak_other[h])),
                 "acc@0.5": float(np.mean(head_acc[h])),
                 "target_lift": float(np.mean(lift[h])),
+                "object_choice": float(np.mean(choice.get(h, [np.nan]))),
             }
             for h in peak_target
         ),
@@ -126,6 +140,8 @@ def probe(
     return {
         "per_head_top5": per_head[:5],
         "best_single_head_acc@0.5": max(r["acc@0.5"] for r in per_head),
+        "best_object_choice": max(per_head, key=lambda r: r["object_choice"]),
+        "object_choice_chance": float(np.mean(chance)) if chance else None,
         "heads": [list(h) for h in heads],
         "frequency_of_heads": None
         if found is None

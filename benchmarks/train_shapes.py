@@ -65,6 +65,7 @@ def build_model(args: argparse.Namespace):
         heads=args.heads,
         kv_heads=args.heads,
         intermediate=args.hidden * 2,
+        vision_feature_layer=getattr(args, "vision_feature_layer", -1),
         seed=args.seed,
     )
     embeddings = model.model.vision_tower.embeddings
@@ -74,6 +75,12 @@ def build_model(args: argparse.Namespace):
         table[1:] = sincos_2d(side, table.shape[1])  # row 0 is the CLS token
         embeddings.position_embedding.weight.copy_(table)
     embeddings.position_embedding.weight.requires_grad_(False)
+    # Attention dropout in the language model (training only): a head that reads one or two image tokens loses them
+    # often, one that reads many tokens of the same object does not.
+    dropout = float(getattr(args, "attention_dropout", 0.0))
+    model.config.text_config.attention_dropout = dropout
+    for layer in model.model.language_model.layers:
+        layer.self_attn.attention_dropout = dropout
     return model.train(), processor
 
 
@@ -107,6 +114,27 @@ def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> 
         images.append(scene.image)
         texts.append("<image>\n" + " ".join(parts[: args.pack]))
     return images, texts
+
+
+def isolation_mask(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, image_id: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """A ``[batch, 1, T, T]`` additive mask: causal and padding as usual, except that an image token attends to no
+    other image token, so the language model cannot gather the scene into a few image tokens and a text token can
+    only learn about an object by attending to that object's own tokens."""
+    length = input_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    is_image = input_ids == image_id
+    image_pairs = is_image[:, :, None] & is_image[:, None, :] & ~torch.eye(length, dtype=torch.bool)
+    allowed = causal[None] & attention_mask.bool()[:, None, :] & ~image_pairs
+    allowed |= torch.eye(length, dtype=torch.bool)[None]  # every row keeps itself (padding rows stay finite)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def isolating(step: int, args: argparse.Namespace) -> bool:
+    """Whether training step ``step`` isolates image tokens in the language model (``--isolate-image-tokens``)."""
+    return step < getattr(args, "isolate_image_tokens", 0.0) * args.steps
 
 
 def make_batch(processor, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None):
@@ -145,7 +173,12 @@ def make_batch(processor, step: int, args: argparse.Namespace, split: str = "tra
                 labels[b, first + j] = inputs["input_ids"][b, first + j]
             if word == "</s>":
                 in_answer = False
-    return dict(inputs), labels, samples
+    inputs = dict(inputs)
+    if isolating(step if split == "train" else getattr(args, "current_step", args.steps), args):
+        inputs["attention_mask"] = isolation_mask(
+            inputs["input_ids"], inputs["attention_mask"], image_id, torch.float32
+        )
+    return inputs, labels, samples
 
 
 @torch.no_grad()
@@ -181,11 +214,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--vision-hidden", type=int, default=128)
     parser.add_argument("--vision-layers", type=int, default=1)
+    parser.add_argument(
+        "--vision-feature-layer",
+        type=int,
+        default=-1,
+        help="CLIP hidden state the projector reads (LLaVA-1.5: -2; with one CLIP layer -2 is the patch embeddings, so every image token is local)",
+    )
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument(
         "--position-bins", type=int, default=shapes.POSITION_BINS, help="answer position bins per axis (needs --pack)"
+    )
+    parser.add_argument(
+        "--isolate-image-tokens",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="for this fraction of the steps, image tokens attend to no other image token in the language model",
+    )
+    parser.add_argument(
+        "--attention-dropout", type=float, default=0.0, help="attention dropout in the language model while training"
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=100)
@@ -229,7 +278,15 @@ def main(argv: list[str] | None = None) -> int:
     if (checkpoint / "state.json").exists():
         state = json.loads((checkpoint / "state.json").read_text())
         # checkpoints from before --pack / --position-bins existed
-        saved_args = {"pack": 1, "init": None, "position_bins": shapes.POSITION_BINS, **state["args"]}
+        saved_args = {
+            "pack": 1,
+            "init": None,
+            "position_bins": shapes.POSITION_BINS,
+            "isolate_image_tokens": 0.0,
+            "vision_feature_layer": -1,
+            "attention_dropout": 0.0,
+            **state["args"],
+        }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
             raise SystemExit(f"{checkpoint} was written with other settings; use another --out")
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
@@ -254,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.time() - began, 1),
         }
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            args.current_step = step  # validation uses the mask of the current phase
             record.update(evaluate(model, processor, args))
+            del args.current_step
         log.write(json.dumps(record) + "\n")
         log.flush()
         if (step + 1) % 25 == 0 or "answer_exact" in record:
@@ -267,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             saved = {"step": step + 1, "args": {k: v for k, v in vars(args).items() if k not in ("threads",)}}
             (checkpoint / "state.json").write_text(json.dumps(saved))
     model.eval()
+    model.config.text_config.attention_dropout = 0.0  # a training regulariser, not part of the shipped model
     model.save_pretrained(out / "model")
     processor.save_pretrained(out / "model")
     print(f"saved {out / 'model'}", flush=True)

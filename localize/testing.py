@@ -105,9 +105,11 @@ def tiny_llava(
     kv_heads: int = 2,
     intermediate: int | None = None,
     pad_to_square: bool = True,
+    vision_feature_layer: int = -1,
     seed: int = 0,
 ):
-    """A random-weight ``LlavaForConditionalGeneration`` (CLIP tower + Llama LM) and its ``LlavaProcessor``."""
+    """A random-weight ``LlavaForConditionalGeneration`` (CLIP tower + Llama LM) and its ``LlavaProcessor``
+    (``vision_feature_layer``: the CLIP hidden state fed to the projector; LLaVA-1.5 uses -2)."""
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -145,7 +147,7 @@ def tiny_llava(
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-1,
+        vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)

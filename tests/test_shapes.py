@@ -136,3 +136,42 @@ def test_finer_position_bins_for_training_trials():
         assert words and processor.tokenizer.unk_token not in words
         per_row = 2 if split == "train" else 4  # validation packs 4 expressions per scene
         assert len(words) == 6 * per_row * labels.shape[0]  # (x y size color shape </s>) per packed expression
+
+
+def test_isolated_local_image_tokens_for_training_trials():
+    """``--vision-feature-layer -2 --isolate-image-tokens``: with one CLIP layer the projector reads the patch
+    embeddings, and in the language model an image token attends to no other image token, so changing one patch
+    changes only that image token and the text after the image."""
+    import argparse
+
+    import torch
+
+    from benchmarks import train_shapes
+
+    args = argparse.Namespace(
+        batch_size=2, steps=10, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
+        layers=2, heads=2, seed=0, pack=2, vision_feature_layer=-2, isolate_image_tokens=0.5,
+    )  # fmt: skip
+    model, processor = train_shapes.build_model(args)
+    model.eval()
+    assert train_shapes.isolating(4, args) and not train_shapes.isolating(5, args)
+    inputs, _, _ = train_shapes.make_batch(processor, 0, args)
+    assert inputs["attention_mask"].dim() == 4
+    image = inputs["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<image>")
+    changed = dict(inputs, pixel_values=inputs["pixel_values"].clone())
+    changed["pixel_values"][0, :, :8, :8] += 1.0  # the first patch only
+    with torch.no_grad():
+        before = model(**inputs, output_hidden_states=True).hidden_states[-1][0]
+        after = model(**changed, output_hidden_states=True).hidden_states[-1][0]
+    moved = (before - after).abs().amax(-1) > 1e-5
+    first = int(image.nonzero()[0])
+    assert moved[first] and not moved[image].sum() > 1  # only the changed patch's own token among image tokens
+    assert moved[~image].any()  # text after the image sees it
+    # Without isolation the later image tokens see the change through causal attention.
+    plain = dict(inputs, attention_mask=torch.ones_like(inputs["input_ids"]))
+    with torch.no_grad():
+        before = model(**plain, output_hidden_states=True).hidden_states[-1][0]
+        after = model(**dict(changed, attention_mask=plain["attention_mask"]), output_hidden_states=True).hidden_states[
+            -1
+        ][0]
+    assert ((before - after).abs().amax(-1) > 1e-5)[image].sum() > 1
