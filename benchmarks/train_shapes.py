@@ -12,6 +12,12 @@ expression's last token (the query the localization heads are read from) must pr
 position, so nothing is answered without finding the object; no coordinates are ever read at inference.
 Curriculum: difficulty 1 scenes for the first fifth of the steps, 2 for the next two fifths, then 3.
 
+Options for trials (benchmarks/SHAPES_TRIALS.md), all off by default: ``--pack`` (several expressions after one
+image), ``--position-bins`` (a finer answer grid), ``--isolate-image-tokens`` (for a fraction of the steps no image
+token attends to another in the language model, so the scene cannot be gathered into a few tokens),
+``--vision-feature-layer -2`` (the projector reads the patch embeddings: local image tokens) and
+``--attention-dropout`` (a head that reads one or two image tokens loses them often).
+
 Checkpoints (``OUT/checkpoint``: weights as safetensors, optimizer state read back with ``weights_only=True``) are
 written every ``--save-every`` steps; rerunning the same command resumes. The final model and processor are
 saved with ``save_pretrained`` to ``OUT/model``.
@@ -137,8 +143,16 @@ def isolating(step: int, args: argparse.Namespace) -> bool:
     return step < getattr(args, "isolate_image_tokens", 0.0) * args.steps
 
 
-def make_batch(processor, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None):
-    """Inputs and labels (answers + eos only) of training step ``step`` (deterministic in the step)."""
+def make_batch(
+    processor,
+    step: int,
+    args: argparse.Namespace,
+    split: str = "train",
+    size: int | None = None,
+    isolate: bool | None = None,
+):
+    """Inputs and labels (answers + eos only) of training step ``step`` (deterministic in the step). ``isolate``:
+    use :func:`isolation_mask` (default: as ``--isolate-image-tokens`` says for a training step; never for val)."""
     size = size or args.batch_size
     bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     pack = getattr(args, "pack", 1) if split == "train" else 1
@@ -174,7 +188,7 @@ def make_batch(processor, step: int, args: argparse.Namespace, split: str = "tra
             if word == "</s>":
                 in_answer = False
     inputs = dict(inputs)
-    if isolating(step if split == "train" else getattr(args, "current_step", args.steps), args):
+    if isolating(step, args) if isolate is None and split == "train" else bool(isolate):
         inputs["attention_mask"] = isolation_mask(
             inputs["input_ids"], inputs["attention_mask"], image_id, torch.float32
         )
@@ -182,12 +196,13 @@ def make_batch(processor, step: int, args: argparse.Namespace, split: str = "tra
 
 
 @torch.no_grad()
-def evaluate(model, processor, args: argparse.Namespace, batches: int = 4) -> dict[str, float]:
-    """Answer accuracy on validation scenes (difficulty 3): exact answers and per-field accuracy (teacher-forced)."""
+def evaluate(model, processor, args: argparse.Namespace, batches: int = 4, isolate: bool = False) -> dict[str, float]:
+    """Answer accuracy on validation scenes (difficulty 3): exact answers and token accuracy (teacher-forced);
+    ``isolate``: under the isolation mask (the training phase's)."""
     model.eval()
     correct = exact = total = rows = 0
     for k in range(batches):
-        inputs, labels, _ = make_batch(processor, k, args, split="val", size=32)
+        inputs, labels, _ = make_batch(processor, k, args, split="val", size=32, isolate=isolate)
         logits = model(**inputs).logits[:, :-1]
         target = labels[:, 1:]
         hit = (logits.argmax(-1) == target) | (target == -100)
@@ -218,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "--vision-feature-layer",
         type=int,
         default=-1,
-        help="CLIP hidden state the projector reads (LLaVA-1.5: -2; with one CLIP layer -2 is the patch embeddings, so every image token is local)",
+        help="CLIP hidden state fed to the projector (LLaVA-1.5: -2; with one CLIP layer, -2 = the patch embeddings)",
     )
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
@@ -311,9 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.time() - began, 1),
         }
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            args.current_step = step  # validation uses the mask of the current phase
-            record.update(evaluate(model, processor, args))
-            del args.current_step
+            record.update(evaluate(model, processor, args, isolate=isolating(step, args)))
         log.write(json.dumps(record) + "\n")
         log.flush()
         if (step + 1) % 25 == 0 or "answer_exact" in record:
