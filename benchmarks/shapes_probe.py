@@ -9,7 +9,7 @@ oracle (the target mask downsampled to the grid through the same step), and triv
 largest object, a random object, a centred box of median target size. Per head: how often its peak cell is on the
 target vs on a random other object, its own Acc@0.5, and its target lift (share of its image attention on the target
 divided by the target's share of the grid; 1 = no preference), and its object choice (how often the object its
-attention is densest on is the target; chance is printed beside it).
+attention is densest on is the target; chance is printed beside it), for the best such head also per expression kind.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def probe(
     # objects; chance = the mean of 1 / objects).
     choice: dict[tuple[int, int], list[bool]] = {}
     chance: list[float] = []
+    choice_kinds: list[str] = []  # per scene with >= 2 objects: its expression kind ("colour" = "the <colour> object")
     for start in range(0, test_n, batch):
         samples = [test[i] for i in range(start, min(test_n, start + batch))]
         captured = vlm.capture([s.image for s in samples], [s.expression for s in samples])
@@ -105,6 +106,9 @@ def probe(
             )
             if len(objects) > 1:
                 chance.append(1.0 / len(objects))
+                words = sample.expression.split()
+                colour_only = len(words) == 3 and words[1] in shapes.COLORS and words[2] == "object"
+                choice_kinds.append("colour" if colour_only else sample.meta["kind"])
             flat = maps.maps.flatten(1).argmax(1).numpy()
             rows, cols = np.unravel_index(flat, maps.grid)
             for i, head in enumerate(maps.heads):
@@ -137,10 +141,21 @@ def probe(
         ),
         key=lambda r: -r["target_lift"],
     )
+    best_choice = max(per_head, key=lambda r: r["object_choice"])
+    kinds = np.asarray(choice_kinds)
+    by_kind = {
+        kind: {
+            "n": int((kinds == kind).sum()),
+            "object_choice": float(np.mean(np.asarray(choice[tuple(best_choice["head"])])[kinds == kind])),
+            "chance": float(np.mean(np.asarray(chance)[kinds == kind])),
+        }
+        for kind in sorted(set(choice_kinds))
+    }
     return {
         "per_head_top5": per_head[:5],
         "best_single_head_acc@0.5": max(r["acc@0.5"] for r in per_head),
-        "best_object_choice": max(per_head, key=lambda r: r["object_choice"]),
+        "best_object_choice": best_choice,
+        "best_object_choice_by_kind": by_kind,  # "colour": "the <colour> object", which one colour match answers
         "object_choice_chance": float(np.mean(chance)) if chance else None,
         "heads": [list(h) for h in heads],
         "frequency_of_heads": None

@@ -15,8 +15,11 @@ Curriculum: difficulty 1 scenes for the first fifth of the steps, 2 for the next
 Options for trials (benchmarks/SHAPES_TRIALS.md), all off by default: ``--pack`` (several expressions after one
 image), ``--position-bins`` (a finer answer grid), ``--isolate-image-tokens`` (for a fraction of the steps no image
 token attends to another in the language model, so the scene cannot be gathered into a few tokens),
-``--vision-feature-layer -2`` (the projector reads the patch embeddings: local image tokens) and
-``--attention-dropout`` (a head that reads one or two image tokens loses them often).
+``--vision-feature-layer -2`` (the projector reads the patch embeddings: local image tokens),
+``--attention-dropout`` (a head that reads one or two image tokens loses them often) and ``--patch-attributes``
+(an auxiliary per-patch loss: linear read-outs of the covering object's colour, shape and size from the features the
+projector reads, standing in for a pretrained CLIP whose patches carry their object; not text-only, so never used
+for the shipped model, and the read-outs are not saved with it).
 
 Checkpoints (``OUT/checkpoint``: weights as safetensors, optimizer state read back with ``weights_only=True``) are
 written every ``--save-every`` steps; rerunning the same command resumes. The final model and processor are
@@ -97,17 +100,62 @@ def difficulty_at(step: int, steps: int, warm: bool = False) -> int:
     return 1 if step < steps // 5 else 2 if step < 3 * steps // 5 else 3
 
 
+def _packed_scenes(step: int, args: argparse.Namespace, split: str = "train") -> list[tuple[int, shapes.Scene, list]]:
+    """The (seed, scene, expressions) of each image of a packed step (validation: difficulty 3)."""
+    n_images = max(1, args.batch_size // args.pack)
+    difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
+    out = []
+    for i in range(n_images):
+        seed = shapes.scene_seed(split, step * n_images + i)
+        out.append((seed, *shapes.sample_scene(seed, difficulty, args.image_size)))
+    return out
+
+
+def patch_attribute_labels(scenes: list[shapes.Scene], patch_size: int) -> torch.Tensor:
+    """``[images, 3, patches]`` class labels of every patch: the colour, shape and size class of the object covering
+    at least half of it, or the last class of each (background) -- targets of ``--patch-attributes``."""
+    classes = (len(shapes.COLORS), len(shapes.SHAPES), len(shapes.SIZE_WORDS))
+    colors = list(shapes.COLORS)
+    rows = []
+    for scene in scenes:
+        side = scene.image_size // patch_size
+        labels = torch.tensor(classes)[:, None].repeat(1, side * side)
+        for obj in scene.objects:
+            cover = obj.mask[: side * patch_size, : side * patch_size].reshape(side, patch_size, side, patch_size)
+            inside = torch.from_numpy(cover.mean(axis=(1, 3)).reshape(-1) >= 0.5)
+            attributes = (colors.index(obj.color), shapes.SHAPES.index(obj.shape), obj.size_class)
+            for k, value in enumerate(attributes):
+                labels[k, inside] = value
+        rows.append(labels)
+    return torch.stack(rows)
+
+
+class PatchAttributeHeads(torch.nn.Module):
+    """Linear read-outs of colour, shape and size class (each + background) from every patch feature the projector
+    reads: a stand-in for a pretrained CLIP whose patches carry their object (``--patch-attributes``; trial only,
+    never saved with the model)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        sizes = (len(shapes.COLORS), len(shapes.SHAPES), len(shapes.SIZE_WORDS))
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(dim, n + 1) for n in sizes)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the three attributes; ``features`` ``[B, P, dim]``, ``labels`` ``[B, 3, P]``."""
+        losses = [
+            torch.nn.functional.cross_entropy(head(features).flatten(0, 1), labels[:, k].flatten())
+            for k, head in enumerate(self.heads)
+        ]
+        return torch.stack(losses).mean()
+
+
 def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> tuple[list, list[str]]:
     """Images and texts of a packed step: ``--pack`` expressions (distinct targets) after each image (validation:
     difficulty 3)."""
     images, texts = [], []
-    n_images = max(1, args.batch_size // args.pack)
-    difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
     bins = getattr(args, "position_bins", shapes.POSITION_BINS)
-    for i in range(n_images):
-        seed = shapes.scene_seed(split, step * n_images + i)
-        scene, expressions = shapes.sample_scene(seed, difficulty, args.image_size)
-        rng = np.random.default_rng([seed, difficulty, 23])
+    for seed, scene, expressions in _packed_scenes(step, args, split):
+        rng = np.random.default_rng([seed, scene.difficulty, 23])
         chosen, targets = [], set()
         for j in rng.permutation(len(expressions)):
             if expressions[j].target not in targets:
@@ -214,6 +262,28 @@ def evaluate(model, processor, args: argparse.Namespace, batches: int = 4, isola
     return {"answer_exact": exact / rows, "token_acc": correct / total}
 
 
+@torch.no_grad()
+def patch_attribute_accuracy(
+    model, processor, patch_heads: PatchAttributeHeads, args: argparse.Namespace, scenes: int = 96
+) -> dict[str, float]:
+    """How well the ``--patch-attributes`` read-outs name each object patch's colour, shape and size class on
+    validation scenes (difficulty 3): whether the patches the projector reads carry their object."""
+    drawn = [shapes.sample_scene(shapes.scene_seed("val", i), 3, args.image_size)[0] for i in range(scenes)]
+    labels = patch_attribute_labels(drawn, args.patch_size)
+    pixels = processor.image_processor([scene.image for scene in drawn], return_tensors="pt")["pixel_values"]
+    was_training = model.training
+    model.eval()
+    outputs = model.model.vision_tower(pixels, output_hidden_states=True)
+    model.train(was_training)
+    features = outputs.hidden_states[args.vision_feature_layer][:, 1:]
+    result = {}
+    for k, name in enumerate(("colour", "shape", "size")):
+        on_object = labels[:, k] != patch_heads.heads[k].out_features - 1
+        hits = patch_heads.heads[k](features).argmax(-1) == labels[:, k]
+        result[f"patch_{name}_acc"] = round(float(hits[on_object].float().mean()), 4)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume) and save the model."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -251,12 +321,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--attention-dropout", type=float, default=0.0, help="attention dropout in the language model while training"
     )
+    parser.add_argument(
+        "--patch-attributes",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="add WEIGHT x a per-patch loss reading the covering object's colour, shape and size from the features "
+        "the projector reads (a stand-in for a pretrained CLIP; needs --pack >= 2)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=250)
     args = parser.parse_args(argv)
     if args.position_bins != shapes.POSITION_BINS and args.pack < 2:
         parser.error("--position-bins other than the world's needs --pack >= 2 (answers are built per scene)")
+    if args.patch_attributes and args.pack < 2:
+        parser.error("--patch-attributes needs --pack >= 2 (labels are built per scene)")
 
     from safetensors.torch import load_file, save_file
 
@@ -277,13 +357,21 @@ def main(argv: list[str] | None = None) -> int:
     language = [
         p for n, p in model.named_parameters() if p.requires_grad and not ("vision_tower" in n or "projector" in n)
     ]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": language, "lr": args.lr, "weight_decay": 0.01},
-            {"params": vision, "lr": args.vision_lr, "weight_decay": 0.1},
-        ],
-        betas=(0.9, 0.98),
-    )
+    groups = [
+        {"params": language, "lr": args.lr, "weight_decay": 0.01},
+        {"params": vision, "lr": args.vision_lr, "weight_decay": 0.1},
+    ]
+    patch_heads, captured = None, {}
+    if args.patch_attributes:
+        patch_heads = PatchAttributeHeads(args.vision_hidden)
+        groups.append({"params": list(patch_heads.parameters()), "lr": args.lr, "weight_decay": 0.0})
+        layer = args.vision_feature_layer
+
+        def keep_features(module, inputs, output) -> None:
+            captured["features"] = output.hidden_states[layer][:, 1:]  # the patches the projector reads (no CLS)
+
+        model.model.vision_tower.register_forward_hook(keep_features)
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
     warmup = max(1, args.steps // 30)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
@@ -300,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "isolate_image_tokens": 0.0,
             "vision_feature_layer": -1,
             "attention_dropout": 0.0,
+            "patch_attributes": 0.0,
             **state["args"],
         }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
@@ -307,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         schedule.load_state_dict(torch.load(checkpoint / "schedule.pt", weights_only=True))
+        if patch_heads is not None:
+            patch_heads.load_state_dict(load_file(checkpoint / "patch_heads.safetensors"))
         start = state["step"]
         print(f"resumed at step {start}", flush=True)
     log = (out / "log.jsonl").open("a")
@@ -314,19 +405,30 @@ def main(argv: list[str] | None = None) -> int:
     for step in range(start, args.steps):
         inputs, labels, _ = make_batch(processor, step, args)
         loss = model(**inputs, labels=labels).loss
+        total, extra = loss, {}
+        if patch_heads is not None:
+            scenes = [scene for _, scene, _ in _packed_scenes(step, args)]
+            patch_loss = patch_heads(captured.pop("features"), patch_attribute_labels(scenes, args.patch_size))
+            total = loss + args.patch_attributes * patch_loss
+            extra["patch_loss"] = round(patch_loss.item(), 4)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        total.backward()
+        trained = [*model.parameters(), *(patch_heads.parameters() if patch_heads is not None else ())]
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         schedule.step()
         record = {
             "step": step + 1,
             "loss": round(loss.item(), 4),
+            **extra,
             "difficulty": difficulty_at(step, args.steps, bool(getattr(args, "init", None))),
             "seconds": round(time.time() - began, 1),
         }
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             record.update(evaluate(model, processor, args, isolate=isolating(step, args)))
+            if patch_heads is not None:
+                captured.clear()
+                record.update(patch_attribute_accuracy(model, processor, patch_heads, args))
         log.write(json.dumps(record) + "\n")
         log.flush()
         if (step + 1) % 25 == 0 or "answer_exact" in record:
@@ -336,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, checkpoint / "model.safetensors")
             torch.save(optimizer.state_dict(), checkpoint / "optimizer.pt")
             torch.save(schedule.state_dict(), checkpoint / "schedule.pt")
+            if patch_heads is not None:
+                save_file(patch_heads.state_dict(), checkpoint / "patch_heads.safetensors")
             saved = {"step": step + 1, "args": {k: v for k, v in vars(args).items() if k not in ("threads",)}}
             (checkpoint / "state.json").write_text(json.dumps(saved))
     model.eval()

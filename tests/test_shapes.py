@@ -175,3 +175,68 @@ def test_isolated_local_image_tokens_for_training_trials():
             -1
         ][0]
     assert ((before - after).abs().amax(-1) > 1e-5)[image].sum() > 1
+
+
+def test_patch_attribute_labels_and_training_run_resume(tmp_path, capsys):
+    """``--patch-attributes``: each patch is labelled with the object covering it (else background), the auxiliary
+    loss is logged, and a rerun with more steps resumes from the checkpoint, read-outs included."""
+    import json
+
+    import torch
+
+    from benchmarks import train_shapes
+
+    scene, _ = shapes.sample_scene(shapes.scene_seed("val", 5), 3, 64)
+    labels = train_shapes.patch_attribute_labels([scene], 8)
+    assert labels.shape == (1, 3, 64)
+    background = (len(shapes.COLORS), len(shapes.SHAPES), len(shapes.SIZE_WORDS))
+    for obj in scene.objects:
+        cx, cy = (int(c) // 8 for c in obj.center)
+        expected = (list(shapes.COLORS).index(obj.color), shapes.SHAPES.index(obj.shape), obj.size_class)
+        assert tuple(labels[0, :, cy * 8 + cx].tolist()) == expected
+    covered = np.zeros(64, dtype=bool)
+    for obj in scene.objects:
+        covered |= obj.mask.reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1) >= 0.5
+    assert (labels[0, :, ~covered].T == torch.tensor(background)).all()
+
+    small = [
+        "--batch-size", "4", "--pack", "2", "--image-size", "64", "--vision-hidden", "16", "--hidden", "16",
+        "--layers", "2", "--heads", "2", "--threads", "1", "--save-every", "1", "--eval-every", "100",
+        "--patch-attributes", "1.0",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    assert train_shapes.main(["--out", str(out), "--steps", "2", *small]) == 0
+    assert (out / "checkpoint" / "patch_heads.safetensors").exists()
+    assert train_shapes.main(["--out", str(out), "--steps", "2", *small]) == 0  # resumes, read-outs included
+    assert "resumed at step 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="other settings"):
+        train_shapes.main(["--out", str(out), "--steps", "2", *small[:-1], "0.5"])
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records][:2] == [1, 2] and all(r["patch_loss"] > 0 for r in records)
+    assert all(0.0 <= records[1][f"patch_{name}_acc"] <= 1.0 for name in ("colour", "shape", "size"))
+    from safetensors.torch import load_file
+
+    shipped = load_file(out / "model" / "model.safetensors")
+    assert shipped and not any(key.startswith("heads.") for key in shipped)  # the read-outs are never saved
+
+
+def test_probe_reports_baselines_oracle_and_object_choice_by_kind():
+    """``shapes_probe`` on a tiny untrained model: the oracle recovers the targets, and the best head's object choice
+    is broken down by expression kind over every scene with more than one object."""
+    import argparse
+
+    from benchmarks import shapes_probe, train_shapes
+    from localize.models import VLM
+
+    args = argparse.Namespace(
+        batch_size=4, steps=10, image_size=128, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
+        layers=2, heads=2, seed=0, pack=2,
+    )  # fmt: skip
+    model, processor = train_shapes.build_model(args)
+    result = shapes_probe.probe(VLM(model.eval(), processor, spec="tiny"), 0, 24, heads_spec="L1 H0,L1 H1")
+    assert result["acc@0.5"]["oracle"] >= 0.8 and result["acc@0.5"]["whole_image"] == 0.0
+    by_kind = result["best_object_choice_by_kind"]
+    test = shapes.ShapesDataset("test", size=24)
+    assert sum(k["n"] for k in by_kind.values()) == sum(len(s.meta["objects"]) > 1 for s in test)
+    assert set(by_kind) <= {"attribute", "colour", "superlative", "relation"}
+    assert all(0.0 <= k["object_choice"] <= 1.0 and 0.25 <= k["chance"] <= 1 / 2 for k in by_kind.values())
