@@ -54,8 +54,12 @@ ASSETS = Path(__file__).resolve().parents[1] / "localize" / "assets"
 
 def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path]:
     """Run the missing steps under ``work``; returns the base and fine-tuned model directories."""
+    import torch
+
     from benchmarks import train_shapes
     from localize.cli import main as localize_main
+
+    default_threads = torch.get_num_threads()  # training sets its own count; discovery and fine-tuning get this
 
     stage1, stage2, tuned = work / "base-stage1", work / "base-stage2", work / "finetune"
     if not (stage1 / "model" / "config.json").exists():
@@ -63,6 +67,7 @@ def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path
     if not (stage2 / "model" / "config.json").exists():
         argv = ["--out", str(stage2), "--init", str(stage1 / "checkpoint"), *STAGE2, "--threads", str(threads)]
         train_shapes.main([*argv, "--save-every", "250"])
+    torch.set_num_threads(default_threads)
     base = stage2 / "model"
     if not (base / "heads.json").exists():
         _ok(localize_main(["discover", "--model", str(base), *DISCOVER, "--out", str(base / "heads.json")]))

@@ -240,3 +240,43 @@ def test_probe_reports_baselines_oracle_and_object_choice_by_kind():
     assert sum(k["n"] for k in by_kind.values()) == sum(len(s.meta["objects"]) > 1 for s in test)
     assert set(by_kind) <= {"attribute", "colour", "superlative", "relation"}
     assert all(0.0 <= k["object_choice"] <= 1.0 and 0.25 <= k["chance"] <= 1 / 2 for k in by_kind.values())
+
+
+def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_path, monkeypatch):
+    """``build_shapes_tiny`` trains on ``--threads`` threads, then gives discovery and fine-tuning torch's default
+    again (the shipped fine-tune ran on both cores), and skips every step whose output is on disk."""
+    from pathlib import Path
+
+    import torch
+
+    import localize.cli
+    from benchmarks import build_shapes_tiny, train_shapes
+
+    default = torch.get_num_threads()
+    calls = []
+
+    def fake_train(argv):
+        torch.set_num_threads(int(argv[argv.index("--threads") + 1]))
+        model = Path(argv[argv.index("--out") + 1]) / "model"
+        model.mkdir(parents=True)
+        (model / "config.json").write_text("{}")
+        calls.append(("train", torch.get_num_threads()))
+        return 0
+
+    def fake_localize(argv):
+        calls.append((argv[0], torch.get_num_threads()))
+        out = Path(argv[argv.index("--out") + 1])
+        written = out / "merged" / "config.json" if argv[0] == "finetune" else out  # finetune's --out is a directory
+        written.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text("{}")
+        return 0
+
+    monkeypatch.setattr(train_shapes, "main", fake_train)
+    monkeypatch.setattr(localize.cli, "main", fake_localize)
+    try:
+        build_shapes_tiny.build(tmp_path / "work", threads=1)
+        assert calls == [("train", 1), ("train", 1), ("discover", default), ("finetune", default)]
+        build_shapes_tiny.build(tmp_path / "work", threads=1)
+        assert len(calls) == 4  # everything on disk: nothing reruns
+    finally:
+        torch.set_num_threads(default)
