@@ -17,9 +17,11 @@ Steps (each skipped when its output is on disk, and each resumable, so an interr
    entropy is no longer among the lowest; see SHAPES_TRIALS.md.)
 
 ``--install`` copies both into ``localize/assets/``. Training runs on ``--threads`` threads (the shipped weights used
-1; float reductions may differ with another count); fine-tuning uses torch's default (both cores here). On this
-2-core machine: stage 1 34 min, stage 2 22 min, fine-tuning 19.8 min wall for 2000 steps (0.57 s/step, alone on
-2 threads; a second run gave bit-identical weights).
+1; float reductions may differ with another count); discovery and fine-tuning use torch's default (both cores here).
+On the 2-core machine that built the shipped models: stage 1 34 min, stage 2 22 min, fine-tuning 19.8 min wall for
+2000 steps (0.57 s/step, alone on 2 threads; a second run gave bit-identical weights). A later full rebuild on a
+slower machine of the same kind took 55 + 37 min (1 thread, partly beside another job) and ~0.8-1.3 s per
+fine-tuning step, and gave other weights: see SHAPES_TRIALS.md ("What ships").
 """
 
 from __future__ import annotations
