@@ -149,10 +149,10 @@ class PatchAttributeHeads(torch.nn.Module):
         return torch.stack(losses).mean()
 
 
-def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> tuple[list, list[str]]:
-    """Images and texts of a packed step: ``--pack`` expressions (distinct targets) after each image (validation:
-    difficulty 3)."""
-    images, texts = [], []
+def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> tuple[list[shapes.Scene], list[str]]:
+    """Scenes and texts of a packed step: ``--pack`` expressions (distinct targets) after each scene's image
+    (validation: difficulty 3)."""
+    scenes, texts = [], []
     bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     for seed, scene, expressions in _packed_scenes(step, args, split):
         rng = np.random.default_rng([seed, scene.difficulty, 23])
@@ -165,9 +165,9 @@ def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> 
         rest = [e for e in expressions if e not in chosen]
         chosen += [rest[k] for k in rng.permutation(len(rest))[: max(0, args.pack - len(chosen))]]
         parts = [f"{e.text} {shapes.answer_for(scene.objects[e.target], args.image_size, bins)} </s>" for e in chosen]
-        images.append(scene.image)
+        scenes.append(scene)
         texts.append("<image>\n" + " ".join(parts[: args.pack]))
-    return images, texts
+    return scenes, texts
 
 
 def isolation_mask(
@@ -199,24 +199,27 @@ def make_batch(
     size: int | None = None,
     isolate: bool | None = None,
 ):
-    """Inputs and labels (answers + eos only) of training step ``step`` (deterministic in the step). ``isolate``:
-    use :func:`isolation_mask` (default: as ``--isolate-image-tokens`` says for a training step; never for val)."""
+    """Inputs, labels (answers + eos only) and what was drawn (the samples, or with packing the scenes) of training
+    step ``step`` (deterministic in the step). ``isolate``: use :func:`isolation_mask` (default: as
+    ``--isolate-image-tokens`` says for a training step; never for val)."""
     size = size or args.batch_size
     bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     pack = getattr(args, "pack", 1) if split == "train" else 1
-    samples = []
+    drawn: list = []
     if split != "train" and bins != shapes.POSITION_BINS:  # the dataset's answers use the default bins
-        images, texts = _packed_texts(step, argparse.Namespace(**{**vars(args), "pack": 4, "batch_size": size}), split)
+        drawn, texts = _packed_texts(step, argparse.Namespace(**{**vars(args), "pack": 4, "batch_size": size}), split)
+        images = [scene.image for scene in drawn]
     elif pack > 1:
-        images, texts = _packed_texts(step, args)
+        drawn, texts = _packed_texts(step, args)
+        images = [scene.image for scene in drawn]
     else:
         difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
         data = shapes.ShapesDataset(
             split, size=shapes.SPLIT_CAPACITY - 1, difficulty=difficulty, image_size=args.image_size
         )
-        samples = [data[step * size + i] for i in range(size)]
-        images = [s.image for s in samples]
-        texts = [f"<image>\n{s.expression} {s.answer} </s>" for s in samples]
+        drawn = [data[step * size + i] for i in range(size)]
+        images = [s.image for s in drawn]
+        texts = [f"<image>\n{s.expression} {s.answer} </s>" for s in drawn]
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
     labels = torch.full_like(inputs["input_ids"], -100)
     answer_words = {w for w in shapes.vocabulary(bins) if w[0] in "xy" and w[1:].isdigit()}
@@ -240,7 +243,7 @@ def make_batch(
         inputs["attention_mask"] = isolation_mask(
             inputs["input_ids"], inputs["attention_mask"], image_id, torch.float32
         )
-    return inputs, labels, samples
+    return inputs, labels, drawn
 
 
 @torch.no_grad()
@@ -403,12 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     log = (out / "log.jsonl").open("a")
     began = time.time()
     for step in range(start, args.steps):
-        inputs, labels, _ = make_batch(processor, step, args)
+        inputs, labels, drawn = make_batch(processor, step, args)
         loss = model(**inputs, labels=labels).loss
         total, extra = loss, {}
         if patch_heads is not None:
-            scenes = [scene for _, scene, _ in _packed_scenes(step, args)]
-            patch_loss = patch_heads(captured.pop("features"), patch_attribute_labels(scenes, args.patch_size))
+            patch_loss = patch_heads(captured.pop("features"), patch_attribute_labels(drawn, args.patch_size))
             total = loss + args.patch_attributes * patch_loss
             extra["patch_loss"] = round(patch_loss.item(), 4)
         optimizer.zero_grad(set_to_none=True)
@@ -427,7 +429,6 @@ def main(argv: list[str] | None = None) -> int:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             record.update(evaluate(model, processor, args, isolate=isolating(step, args)))
             if patch_heads is not None:
-                captured.clear()
                 record.update(patch_attribute_accuracy(model, processor, patch_heads, args))
         log.write(json.dumps(record) + "\n")
         log.flush()
