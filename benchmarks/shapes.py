@@ -15,6 +15,11 @@ disjoint ranges of scene seeds; difficulty 1 (3 objects, attribute expressions, 
 + superlatives), 3 (3-4 objects, + relations, noisy background). Objects are RefCOCO-sized (sides 0.34-0.46 of the
 image): see SIZE_FRACTIONS. They are placed by rejection sampling, and at these sizes not every count fits: of the
 first 500 test scenes at difficulty 3, 320 hold 3 objects, 128 hold 4, 33 hold 2 and 19 hold 1.
+
+``shaded`` (a trial option, off by default; benchmarks/SHAPES_TRIALS.md): each object also gets a shade class,
+rendered as a brightness texture on the 8-pixel patch grid whose cells are noisy but average exactly to the class's
+level over the object, and the answer starts with the shade word: only an average over the object's whole extent
+tells it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ SIZE_WORDS: tuple[str, ...] = ("tiny", "small", "medium", "large")
 # oracle ceiling is ~0 below a side of 0.25 and ~1 above 0.35, at any grid): RefCOCO-sized objects.
 SIZE_FRACTIONS: tuple[float, ...] = (0.34, 0.38, 0.42, 0.46)
 POSITION_BINS = 8
+# ``shaded`` worlds: each object's brightness texture averages to its class's level; one cell is noisy (SHADE_NOISE).
+SHADE_WORDS: tuple[str, ...] = ("dark", "dim", "light", "bright")
+SHADE_LEVELS: tuple[float, ...] = (0.5, 0.65, 0.8, 0.95)
+SHADE_NOISE = 0.2
+SHADE_CELLS = 16  # texture cells per image side (the 8-pixel patches of a 128-pixel image)
 DEFAULT_IMAGE_SIZE = 128
 SPLIT_BASES: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
 SPLIT_CAPACITY = 1_000_000_000
@@ -48,12 +58,14 @@ RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
 SUPERLATIVES: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommost", "biggest", "smallest")
 
 
-def vocabulary(position_bins: int = POSITION_BINS) -> tuple[str, ...]:
-    """Every word the world produces (expressions and answers with ``position_bins`` bins), for a tokenizer."""
+def vocabulary(position_bins: int = POSITION_BINS, shaded: bool = False) -> tuple[str, ...]:
+    """Every word the world produces (expressions and answers with ``position_bins`` bins; ``shaded``: and the
+    shade words), for a tokenizer."""
     return tuple(
         ["the", "object", "of", "above", "below", "left", "right", *SUPERLATIVES, *COLORS, *SHAPES, *SIZE_WORDS]
         + [f"x{i}" for i in range(position_bins)]
         + [f"y{i}" for i in range(position_bins)]
+        + (list(SHADE_WORDS) if shaded else [])
     )
 
 
@@ -69,6 +81,7 @@ class ShapeObject:
     size_class: int
     box: tuple[float, float, float, float]
     mask: np.ndarray = field(repr=False)
+    shade: int | None = None  # shade class in a ``shaded`` world
 
     @property
     def center(self) -> tuple[float, float]:
@@ -117,9 +130,21 @@ def _level_settings(difficulty: int) -> tuple[int, int, bool]:
     return {1: (3, 3, False), 2: (3, 4, False), 3: (3, 4, True)}[difficulty]
 
 
-def render_scene(seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE_SIZE) -> Scene:
+def _shade_texture(mask: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-pixel brightness factors of an object: noisy per texture cell, shifted so that their mean over the
+    object's pixels is exactly ``level``."""
+    size = mask.shape[0]
+    cell = max(1, size // SHADE_CELLS)
+    cells = -(-size // cell)
+    noise = rng.normal(0.0, SHADE_NOISE, size=(cells, cells))
+    factor = np.kron(noise, np.ones((cell, cell)))[:size, :size]
+    factor = factor - factor[mask].mean() + level
+    return np.clip(factor, 0.05, 1.5)
+
+
+def render_scene(seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE_SIZE, shaded: bool = False) -> Scene:
     """Draw the scene of ``seed``: 3-4 non-overlapping objects with repeated attributes, as many as fit (1 scene in
-    10 fits fewer); deterministic."""
+    10 fits fewer); deterministic. ``shaded``: the same objects, each with a shade class and its texture."""
     lo, hi, noisy = _level_settings(difficulty)
     rng = np.random.default_rng([int(seed), int(difficulty), int(image_size)])
     n_objects = int(rng.integers(lo, hi + 1))
@@ -155,15 +180,25 @@ def render_scene(seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE
         box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
         occupied[y0 : y0 + side, x0 : x0 + side] = True
         objects.append(ShapeObject(shape=shape, color=color, size_class=size_class, box=box, mask=mask))
+    if shaded:  # a separate stream, so the objects are those of the unshaded scene
+        shade_rng = np.random.default_rng([int(seed), int(difficulty), int(image_size), 31])
+        pixels = np.asarray(canvas, dtype=np.float32)
+        for obj in objects:
+            obj.shade = int(shade_rng.integers(len(SHADE_WORDS)))
+            factor = _shade_texture(obj.mask, SHADE_LEVELS[obj.shade], shade_rng)
+            pixels[obj.mask] *= factor[obj.mask][:, None]
+        canvas = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     return Scene(seed=int(seed), image=canvas, objects=objects, difficulty=difficulty, image_size=image_size)
 
 
 def answer_for(obj: ShapeObject, image_size: int, position_bins: int = POSITION_BINS) -> str:
-    """The text answer about ``obj``: "x{col} y{row} {size} {color} {shape}" (``position_bins`` bins per axis)."""
+    """The text answer about ``obj``: "x{col} y{row} {size} {color} {shape}" (``position_bins`` bins per axis),
+    after its shade word in a ``shaded`` world."""
     cx, cy = obj.center
     col = min(position_bins - 1, int(cx * position_bins / image_size))
     row = min(position_bins - 1, int(cy * position_bins / image_size))
-    return f"x{col} y{row} {obj.size_word} {obj.color} {obj.shape}"
+    shade = "" if obj.shade is None else f"{SHADE_WORDS[obj.shade]} "
+    return f"{shade}x{col} y{row} {obj.size_word} {obj.color} {obj.shape}"
 
 
 def _descriptions(obj: ShapeObject) -> list[tuple[str, Callable]]:
@@ -289,11 +324,11 @@ def scene_seed(split: str, index: int, seed_offset: int = 0) -> int:
     return SPLIT_BASES[split] + local
 
 
-def sample_scene(seed: int, difficulty: int, image_size: int) -> tuple[Scene, list[Expression]]:
+def sample_scene(seed: int, difficulty: int, image_size: int, shaded: bool = False) -> tuple[Scene, list[Expression]]:
     """The scene of ``seed`` with its valid expressions; re-draws (deterministically) a scene with none."""
     attempt = 0
     while True:
-        scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size)
+        scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded)
         scene.seed = seed
         expressions = scene_expressions(scene)
         if expressions:
@@ -316,6 +351,7 @@ class ShapesDataset:
         difficulty: int = 3,
         seed_offset: int = 0,
         image_size: int = DEFAULT_IMAGE_SIZE,
+        shaded: bool = False,
     ) -> None:
         scene_seed(split, 0, seed_offset)  # validates split and offset
         if size < 0 or seed_offset + size > SPLIT_CAPACITY:
@@ -326,6 +362,7 @@ class ShapesDataset:
         self.difficulty = int(difficulty)
         self.seed_offset = int(seed_offset)
         self.image_size = int(image_size)
+        self.shaded = bool(shaded)
 
     def __len__(self) -> int:
         return self.size
@@ -336,7 +373,7 @@ class ShapesDataset:
         if not 0 <= index < self.size:
             raise IndexError(index)
         seed = scene_seed(self.split, index, self.seed_offset)
-        scene, expressions = sample_scene(seed, self.difficulty, self.image_size)
+        scene, expressions = sample_scene(seed, self.difficulty, self.image_size, self.shaded)
         rng = np.random.default_rng([seed, self.difficulty, 17])
         return make_sample(scene, choose_expression(expressions, rng), self.split, index)
 

@@ -44,10 +44,17 @@ def load_for_probe(path: str):
 
 
 def probe(
-    vlm, discover_n: int, test_n: int, top_k: int = 3, seed: int = 0, batch: int = 16, heads_spec: str | None = None
+    vlm,
+    discover_n: int,
+    test_n: int,
+    top_k: int = 3,
+    seed: int = 0,
+    batch: int = 16,
+    heads_spec: str | None = None,
+    shaded: bool = False,
 ) -> dict:
     """Discovery on validation scenes (or the given ``heads_spec``: "auto", a heads file, "L2 H1,..."), then REC
-    Acc@0.5 of the heads, baselines and the oracle on test scenes."""
+    Acc@0.5 of the heads, baselines and the oracle on test scenes (``shaded``: of the shaded world)."""
     from heads.discover import discover, load_heads_for
     from localize.postprocess import GroundingSettings, maps_to_grounding
 
@@ -56,11 +63,11 @@ def probe(
     if heads_spec is not None:
         heads = list(load_heads_for(vlm, heads_spec).heads)
     else:
-        val = [s for s in shapes.ShapesDataset("val", size=discover_n, difficulty=3)]
+        val = [s for s in shapes.ShapesDataset("val", size=discover_n, difficulty=3, shaded=shaded)]
         found = discover(vlm, val, top_k=top_k, progress=False, seed=seed)
         heads = list(found.heads)
     settings = GroundingSettings(scale_to_grid=True)
-    test = shapes.ShapesDataset("test", size=test_n, difficulty=3)
+    test = shapes.ShapesDataset("test", size=test_n, difficulty=3, shaded=shaded)
     rng = np.random.default_rng(seed)
     ious: dict[str, list[float]] = {
         k: []
@@ -177,11 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=500, help="test scenes for REC")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--heads", default=None, help='skip discovery: "auto", a heads file or "L2 H1,L3 H0"')
+    parser.add_argument("--shaded", action="store_true", help="scenes of the shaded world (train_shapes --shaded)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = probe(load_for_probe(args.model), args.discover, args.test, args.top_k, heads_spec=args.heads)
+    state = Path(args.model) / "state.json"
+    shaded = args.shaded or (state.exists() and json.loads(state.read_text())["args"].get("shaded", False))
+    result = probe(
+        load_for_probe(args.model), args.discover, args.test, args.top_k, heads_spec=args.heads, shaded=shaded
+    )
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

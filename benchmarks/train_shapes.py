@@ -16,6 +16,9 @@ Options for trials (benchmarks/SHAPES_TRIALS.md), all off by default: ``--pack``
 image), ``--position-bins`` (a finer answer grid), ``--isolate-image-tokens`` (for a fraction of the steps no image
 token attends to another in the language model, so the scene cannot be gathered into a few tokens),
 ``--vision-feature-layer -2`` (the projector reads the patch embeddings: local image tokens),
+``--isolate-probability`` (the same, on a random share of the steps throughout, so the model learns to answer under
+both masks), ``--shaded`` (objects carry a noisy brightness texture whose class, named first in the answer, only
+an average over the whole object tells),
 ``--attention-dropout`` (a head that reads one or two image tokens loses them often) and ``--patch-attributes``
 (an auxiliary per-patch loss: linear read-outs of the covering object's colour, shape and size from the features the
 projector reads, standing in for a pretrained CLIP whose patches carry their object; not text-only, so never used
@@ -63,7 +66,7 @@ def build_model(args: argparse.Namespace):
     from localize.testing import tiny_llava
 
     model, processor = tiny_llava(
-        words=shapes.vocabulary(getattr(args, "position_bins", shapes.POSITION_BINS)),
+        words=shapes.vocabulary(getattr(args, "position_bins", shapes.POSITION_BINS), getattr(args, "shaded", False)),
         image_size=args.image_size,
         patch_size=args.patch_size,
         vision_hidden=args.vision_hidden,
@@ -107,7 +110,7 @@ def _packed_scenes(step: int, args: argparse.Namespace, split: str = "train") ->
     out = []
     for i in range(n_images):
         seed = shapes.scene_seed(split, step * n_images + i)
-        out.append((seed, *shapes.sample_scene(seed, difficulty, args.image_size)))
+        out.append((seed, *shapes.sample_scene(seed, difficulty, args.image_size, getattr(args, "shaded", False))))
     return out
 
 
@@ -187,8 +190,12 @@ def isolation_mask(
 
 
 def isolating(step: int, args: argparse.Namespace) -> bool:
-    """Whether training step ``step`` isolates image tokens in the language model (``--isolate-image-tokens``)."""
-    return step < getattr(args, "isolate_image_tokens", 0.0) * args.steps
+    """Whether training step ``step`` isolates image tokens in the language model (``--isolate-image-tokens``, or a
+    draw deterministic in the step under ``--isolate-probability``)."""
+    if step < getattr(args, "isolate_image_tokens", 0.0) * args.steps:
+        return True
+    probability = getattr(args, "isolate_probability", 0.0)
+    return bool(probability) and bool(np.random.default_rng([args.seed, step, 41]).random() < probability)
 
 
 def make_batch(
@@ -215,15 +222,19 @@ def make_batch(
     else:
         difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
         data = shapes.ShapesDataset(
-            split, size=shapes.SPLIT_CAPACITY - 1, difficulty=difficulty, image_size=args.image_size
+            split,
+            size=shapes.SPLIT_CAPACITY - 1,
+            difficulty=difficulty,
+            image_size=args.image_size,
+            shaded=getattr(args, "shaded", False),
         )
         drawn = [data[step * size + i] for i in range(size)]
         images = [s.image for s in drawn]
         texts = [f"<image>\n{s.expression} {s.answer} </s>" for s in drawn]
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
     labels = torch.full_like(inputs["input_ids"], -100)
-    answer_words = {w for w in shapes.vocabulary(bins) if w[0] in "xy" and w[1:].isdigit()}
-    answer_words |= set(shapes.SIZE_WORDS)
+    # An answer runs from its first word (the shade word, else the x position) to its </s>.
+    starts = {f"x{i}" for i in range(bins)} | set(shapes.SHADE_WORDS)
     tokenizer = processor.tokenizer
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     for b, text in enumerate(texts):
@@ -231,8 +242,7 @@ def make_batch(
         first = int((inputs["input_ids"][b] == image_id).nonzero().max()) + 1  # words follow the image tokens
         in_answer = False
         for j, word in enumerate(words):
-            # An answer runs from its position word (x..) to its </s>; colour/shape words there are answers too.
-            if word in answer_words and word.startswith("x"):
+            if word in starts:
                 in_answer = True
             if in_answer:
                 labels[b, first + j] = inputs["input_ids"][b, first + j]
@@ -247,11 +257,13 @@ def make_batch(
 
 
 @torch.no_grad()
-def evaluate(model, processor, args: argparse.Namespace, batches: int = 4, isolate: bool = False) -> dict[str, float]:
-    """Answer accuracy on validation scenes (difficulty 3): exact answers and token accuracy (teacher-forced);
-    ``isolate``: under the isolation mask (the training phase's)."""
+def evaluate(model, processor, args: argparse.Namespace, batches: int = 4, isolate: bool = False) -> dict:
+    """Answer accuracy on validation scenes (difficulty 3), teacher-forced: exact answers, token accuracy, and the
+    accuracy of each answer field (first word, second, ...); ``isolate``: under the isolation mask (the training
+    phase's)."""
     model.eval()
     correct = exact = total = rows = 0
+    field_hits: dict[int, list[bool]] = {}
     for k in range(batches):
         inputs, labels, _ = make_batch(processor, k, args, split="val", size=32, isolate=isolate)
         logits = model(**inputs).logits[:, :-1]
@@ -261,8 +273,15 @@ def evaluate(model, processor, args: argparse.Namespace, batches: int = 4, isola
         rows += int(hit.shape[0])
         correct += int(((logits.argmax(-1) == target) & (target != -100)).sum())
         total += int((target != -100).sum())
+        for row_hit, row_target in zip(hit.tolist(), (target != -100).tolist()):
+            field = 0
+            for is_hit, labelled in zip(row_hit, row_target):
+                field = field + 1 if labelled else 0  # answers are contiguous labelled runs
+                if labelled:
+                    field_hits.setdefault(field - 1, []).append(is_hit)
     model.train()
-    return {"answer_exact": exact / rows, "token_acc": correct / total}
+    fields = [round(float(np.mean(field_hits[f])), 3) for f in sorted(field_hits)]
+    return {"answer_exact": exact / rows, "token_acc": correct / total, "field_acc": fields}
 
 
 @torch.no_grad()
@@ -271,7 +290,8 @@ def patch_attribute_accuracy(
 ) -> dict[str, float]:
     """How well the ``--patch-attributes`` read-outs name each object patch's colour, shape and size class on
     validation scenes (difficulty 3): whether the patches the projector reads carry their object."""
-    drawn = [shapes.sample_scene(shapes.scene_seed("val", i), 3, args.image_size)[0] for i in range(scenes)]
+    shaded = getattr(args, "shaded", False)
+    drawn = [shapes.sample_scene(shapes.scene_seed("val", i), 3, args.image_size, shaded)[0] for i in range(scenes)]
     labels = patch_attribute_labels(drawn, args.patch_size)
     pixels = processor.image_processor([scene.image for scene in drawn], return_tensors="pt")["pixel_values"]
     was_training = model.training
@@ -320,6 +340,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         metavar="FRACTION",
         help="for this fraction of the steps, image tokens attend to no other image token in the language model",
+    )
+    parser.add_argument(
+        "--isolate-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="isolate image tokens (as --isolate-image-tokens) on a random share P of all steps",
+    )
+    parser.add_argument(
+        "--shaded",
+        action="store_true",
+        help="a shaded world: objects carry a noisy brightness texture whose class the answer names first",
     )
     parser.add_argument(
         "--attention-dropout", type=float, default=0.0, help="attention dropout in the language model while training"
@@ -392,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             "vision_feature_layer": -1,
             "attention_dropout": 0.0,
             "patch_attributes": 0.0,
+            "isolate_probability": 0.0,
+            "shaded": False,
             **state["args"],
         }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
@@ -427,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.time() - began, 1),
         }
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            record.update(evaluate(model, processor, args, isolate=isolating(step, args)))
+            phase = step < args.isolate_image_tokens * args.steps  # the fixed isolation phase, not random draws
+            record.update(evaluate(model, processor, args, isolate=phase))
             if patch_heads is not None:
                 record.update(patch_attribute_accuracy(model, processor, patch_heads, args))
         log.write(json.dumps(record) + "\n")

@@ -138,6 +138,57 @@ def test_finer_position_bins_for_training_trials():
         assert len(words) == 6 * per_row * labels.shape[0]  # (x y size color shape </s>) per packed expression
 
 
+def test_shaded_world_hides_each_objects_shade_in_a_noisy_texture():
+    """``shaded``: the same objects as the plain scene; each object's brightness, relative to the plain scene, varies
+    from cell to cell but averages to its shade level over the object, and the answer names the shade first."""
+    for seed in range(6):
+        plain = shapes.render_scene(seed, 3, 128)
+        shaded = shapes.render_scene(seed, 3, 128, shaded=True)
+        assert [(o.shape, o.color, o.box) for o in plain.objects] == [(o.shape, o.color, o.box) for o in shaded.objects]
+        ratio = np.asarray(shaded.image, dtype=float).sum(2) / np.maximum(
+            np.asarray(plain.image, dtype=float).sum(2), 1
+        )
+        for obj in shaded.objects:
+            level = shapes.SHADE_LEVELS[obj.shade]
+            assert abs(ratio[obj.mask].mean() - level) < 0.05  # up to clipping and 8-bit rounding
+            cells = obj.mask.reshape(16, 8, 16, 8).all(axis=(1, 3))
+            per_cell = ratio.reshape(16, 8, 16, 8).mean(axis=(1, 3))[cells]
+            assert per_cell.std() > 0.1  # one cell does not tell the shade
+            answer = shapes.answer_for(obj, 128).split()
+            assert (
+                answer[0] == shapes.SHADE_WORDS[obj.shade]
+                and answer[1:] == shapes.answer_for(plain.objects[shaded.objects.index(obj)], 128).split()
+            )
+        assert all(o.shade is None for o in plain.objects)
+    sample = shapes.ShapesDataset("test", size=2, shaded=True)[1]
+    assert sample.answer.split()[0] in shapes.SHADE_WORDS
+    assert set(sample.answer.split()) <= set(shapes.vocabulary(shaded=True)) and "dim" not in shapes.VOCABULARY
+
+
+def test_shaded_training_labels_and_random_isolation():
+    """``train_shapes --shaded``: the labels start at the shade word; ``--isolate-probability``: a share of the steps,
+    deterministic in the step."""
+    import argparse
+
+    from benchmarks import train_shapes
+
+    args = argparse.Namespace(
+        batch_size=4, steps=400, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
+        layers=2, heads=2, seed=0, pack=2, shaded=True, isolate_probability=0.3,
+    )  # fmt: skip
+    _, processor = train_shapes.build_model(args)
+    inputs, labels, scenes = train_shapes.make_batch(processor, 1, args)
+    words = processor.tokenizer.decode(labels[labels != -100]).split()
+    answers = [w for w in words if w != "</s>"]
+    assert len(answers) == 6 * 2 * labels.shape[0] and answers[0] in shapes.SHADE_WORDS
+    assert all(o.shade is not None for scene in scenes for o in scene.objects)
+    drawn = [train_shapes.isolating(step, args) for step in range(400)]
+    assert drawn == [train_shapes.isolating(step, args) for step in range(400)]
+    assert 0.2 < np.mean(drawn) < 0.4
+    assert not any(train_shapes.isolating(step, argparse.Namespace(**{**vars(args), "isolate_probability": 0.0}))
+                   for step in range(50))  # fmt: skip
+
+
 def test_isolated_local_image_tokens_for_training_trials():
     """``--vision-feature-layer -2 --isolate-image-tokens``: with one CLIP layer the projector reads the patch
     embeddings, and in the language model an image token attends to no other image token, so changing one patch
