@@ -9,7 +9,9 @@ oracle (the target mask downsampled to the grid through the same step), and triv
 largest object, a random object, a centred box of median target size. Per head: how often its peak cell is on the
 target vs on a random other object, its own Acc@0.5, and its target lift (share of its image attention on the target
 divided by the target's share of the grid; 1 = no preference), and its object choice (how often the object its
-attention is densest on is the target; chance is printed beside it), for the best such head also per expression kind.
+attention is densest on is the target; chance is printed beside it), for the best such head also per expression kind,
+and its target preference (attention per cell of the target's box over that on the other objects' boxes, median over
+scenes: a head that attends to every object scores ~1, one that picks the referred object much more).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def probe(
     # Object choice: how often the object on which the head's attention is densest is the target (scenes with >= 2
     # objects; chance = the mean of 1 / objects).
     choice: dict[tuple[int, int], list[bool]] = {}
+    preference: dict[tuple[int, int], list[float]] = {}
     chance: list[float] = []
     choice_kinds: list[str] = []  # per scene with >= 2 objects: its expression kind ("colour" = "the <colour> object")
     for start in range(0, test_n, batch):
@@ -112,6 +115,9 @@ def probe(
                 [(maps.maps.numpy() * g).sum((1, 2)) / max(float(g.sum()), 1e-9) for g in object_grids], axis=1
             )
             if len(objects) > 1:
+                others_grid = np.max([g for k, g in enumerate(object_grids) if k != sample.meta["target"]], axis=0)
+                on_others = (maps.maps.numpy() * others_grid).sum((1, 2)) / max(float(others_grid.sum()), 1e-9)
+                scene_preference = density[:, sample.meta["target"]] / np.maximum(on_others, 1e-12)
                 chance.append(1.0 / len(objects))
                 words = sample.expression.split()
                 colour_only = len(words) == 3 and words[1] in shapes.COLORS and words[2] == "object"
@@ -127,6 +133,7 @@ def probe(
                 lift.setdefault(head, []).append(float(share[i]) / max(area, 1e-9))
                 if len(objects) > 1:
                     choice.setdefault(head, []).append(int(density[i].argmax()) == sample.meta["target"])
+                    preference.setdefault(head, []).append(float(scene_preference[i]))
     w, h = np.median(np.asarray(sizes), axis=0)
     for sample in (test[i] for i in range(test_n)):
         width, height = sample.image_size
@@ -143,6 +150,7 @@ def probe(
                 "acc@0.5": float(np.mean(head_acc[h])),
                 "target_lift": float(np.mean(lift[h])),
                 "object_choice": float(np.mean(choice.get(h, [np.nan]))),
+                "target_preference": float(np.median(preference.get(h, [np.nan]))),
             }
             for h in peak_target
         ),

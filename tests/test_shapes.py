@@ -291,6 +291,7 @@ def test_probe_reports_baselines_oracle_and_object_choice_by_kind():
     assert sum(k["n"] for k in by_kind.values()) == sum(len(s.meta["objects"]) > 1 for s in test)
     assert set(by_kind) <= {"attribute", "colour", "superlative", "relation"}
     assert all(0.0 <= k["object_choice"] <= 1.0 and 0.25 <= k["chance"] <= 1 / 2 for k in by_kind.values())
+    assert all(0.0 < head["target_preference"] < np.inf for head in result["per_head_top5"])
 
 
 def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_path, monkeypatch):
