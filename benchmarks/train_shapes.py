@@ -117,15 +117,17 @@ def _packed_scenes(step: int, args: argparse.Namespace, split: str = "train") ->
 def patch_attribute_labels(scenes: list[shapes.Scene], patch_size: int) -> torch.Tensor:
     """``[images, 3, patches]`` class labels of every patch: the colour, shape and size class of the object covering
     at least half of it, or the last class of each (background) -- targets of ``--patch-attributes``."""
+    from localize.geometry import GridGeometry
+
     classes = (len(shapes.COLORS), len(shapes.SHAPES), len(shapes.SIZE_WORDS))
     colors = list(shapes.COLORS)
     rows = []
     for scene in scenes:
         side = scene.image_size // patch_size
+        grid = GridGeometry(side, side, (scene.image_size, scene.image_size), float(patch_size), float(patch_size))
         labels = torch.tensor(classes)[:, None].repeat(1, side * side)
         for obj in scene.objects:
-            cover = obj.mask[: side * patch_size, : side * patch_size].reshape(side, patch_size, side, patch_size)
-            inside = torch.from_numpy(cover.mean(axis=(1, 3)).reshape(-1) >= 0.5)
+            inside = torch.from_numpy(grid.mask_to_grid(obj.mask).reshape(-1) >= 0.5)
             attributes = (colors.index(obj.color), shapes.SHAPES.index(obj.shape), obj.size_class)
             for k, value in enumerate(attributes):
                 labels[k, inside] = value
