@@ -19,6 +19,8 @@ token attends to another in the language model, so the scene cannot be gathered 
 ``--isolate-probability`` (the same, on a random share of the steps throughout, so the model learns to answer under
 both masks), ``--shaded`` (objects carry a noisy brightness texture whose class, named first in the answer, only
 an average over the whole object tells),
+``--query-reads-probability`` (on a random share of the steps only the positions that predict answer words read
+image tokens, which see only their grid neighbours: the query token must find the object itself),
 ``--attention-dropout`` (a head that reads one or two image tokens loses them often) and ``--patch-attributes``
 (an auxiliary per-patch loss: linear read-outs of the covering object's colour, shape and size from the features the
 projector reads, standing in for a pretrained CLIP whose patches carry their object; not text-only, so never used
@@ -191,6 +193,46 @@ def isolation_mask(
     return mask[:, None]
 
 
+def query_reads_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    image_id: int,
+    side: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """A ``[batch, 1, T, T]`` additive mask in which only the positions that predict an answer word (each
+    expression's last token and the answer's own words) read image tokens: the expression's other words see text
+    only, and an image token sees only the image tokens of its 3 x 3 grid neighbourhood (causally). The one route
+    from the image to the first answer word is then the query token's own attention on image tokens. ``side``: the
+    patch grid's side (every image's tokens in raster order)."""
+    length = input_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    is_image = input_ids == image_id
+    readers = torch.zeros_like(is_image)
+    readers[:, :-1] = labels[:, 1:] != -100  # position p predicts the token at p + 1
+    allowed = causal[None] & attention_mask.bool()[:, None, :]
+    allowed &= ~(~readers & ~is_image)[:, :, None] | ~is_image[:, None, :]  # non-readers see no image token
+    for b in range(input_ids.shape[0]):
+        where = is_image[b].nonzero().flatten()
+        if len(where) != side * side:
+            raise ValueError(f"row {b} holds {len(where)} image tokens, not a {side} x {side} grid")
+        cell = torch.arange(len(where))
+        rows, cols = cell // side, cell % side
+        near = ((rows[:, None] - rows[None]).abs() <= 1) & ((cols[:, None] - cols[None]).abs() <= 1)
+        allowed[b, where[:, None], where[None]] &= near
+    allowed |= torch.eye(length, dtype=torch.bool)[None]  # every row keeps itself (padding rows stay finite)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def query_reading(step: int, args: argparse.Namespace) -> bool:
+    """Whether training step ``step`` uses :func:`query_reads_mask` (a draw deterministic in the step under
+    ``--query-reads-probability``)."""
+    probability = getattr(args, "query_reads_probability", 0.0)
+    return bool(probability) and bool(np.random.default_rng([args.seed, step, 43]).random() < probability)
+
+
 def isolating(step: int, args: argparse.Namespace) -> bool:
     """Whether training step ``step`` isolates image tokens in the language model (``--isolate-image-tokens``, or a
     draw deterministic in the step under ``--isolate-probability``)."""
@@ -207,10 +249,12 @@ def make_batch(
     split: str = "train",
     size: int | None = None,
     isolate: bool | None = None,
+    query_reads: bool | None = None,
 ):
     """Inputs, labels (answers + eos only) and what was drawn (the samples, or with packing the scenes) of training
-    step ``step`` (deterministic in the step). ``isolate``: use :func:`isolation_mask` (default: as
-    ``--isolate-image-tokens`` says for a training step; never for val)."""
+    step ``step`` (deterministic in the step). ``isolate`` / ``query_reads``: use :func:`isolation_mask` /
+    :func:`query_reads_mask` (default: as ``--isolate-*`` / ``--query-reads-probability`` say for a training step;
+    never for val)."""
     size = size or args.batch_size
     bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     pack = getattr(args, "pack", 1) if split == "train" else 1
@@ -251,7 +295,12 @@ def make_batch(
             if word == "</s>":
                 in_answer = False
     inputs = dict(inputs)
-    if isolating(step, args) if isolate is None and split == "train" else bool(isolate):
+    if query_reads if query_reads is not None else split == "train" and query_reading(step, args):
+        side = args.image_size // args.patch_size
+        inputs["attention_mask"] = query_reads_mask(
+            inputs["input_ids"], inputs["attention_mask"], labels, image_id, side, torch.float32
+        )
+    elif isolating(step, args) if isolate is None and split == "train" else bool(isolate):
         inputs["attention_mask"] = isolation_mask(
             inputs["input_ids"], inputs["attention_mask"], image_id, torch.float32
         )
@@ -259,15 +308,19 @@ def make_batch(
 
 
 @torch.no_grad()
-def evaluate(model, processor, args: argparse.Namespace, batches: int = 4, isolate: bool = False) -> dict:
+def evaluate(
+    model, processor, args: argparse.Namespace, batches: int = 4, isolate: bool = False, query_reads: bool = False
+) -> dict:
     """Answer accuracy on validation scenes (difficulty 3), teacher-forced: exact answers, token accuracy, and the
-    accuracy of each answer field (first word, second, ...); ``isolate``: under the isolation mask (the training
-    phase's)."""
+    accuracy of each answer field (first word, second, ...); ``isolate`` / ``query_reads``: under the isolation /
+    query-reads mask (the training steps')."""
     model.eval()
     correct = exact = total = rows = 0
     field_hits: dict[int, list[bool]] = {}
     for k in range(batches):
-        inputs, labels, _ = make_batch(processor, k, args, split="val", size=32, isolate=isolate)
+        inputs, labels, _ = make_batch(
+            processor, k, args, split="val", size=32, isolate=isolate, query_reads=query_reads
+        )
         logits = model(**inputs).logits[:, :-1]
         target = labels[:, 1:]
         hit = (logits.argmax(-1) == target) | (target == -100)
@@ -351,6 +404,14 @@ def main(argv: list[str] | None = None) -> int:
         help="isolate image tokens (as --isolate-image-tokens) on a random share P of all steps",
     )
     parser.add_argument(
+        "--query-reads-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="on a random share P of the steps only the positions that predict answer words read image tokens, and "
+        "an image token sees only its 3 x 3 neighbourhood (on those steps it replaces --isolate-*)",
+    )
+    parser.add_argument(
         "--shaded",
         action="store_true",
         help="a shaded world: objects carry a noisy brightness texture whose class the answer names first",
@@ -428,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             "patch_attributes": 0.0,
             "isolate_probability": 0.0,
             "shaded": False,
+            "query_reads_probability": 0.0,
             **state["args"],
         }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
@@ -465,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             phase = step < args.isolate_image_tokens * args.steps  # the fixed isolation phase, not random draws
             record.update(evaluate(model, processor, args, isolate=phase))
+            if args.query_reads_probability:
+                masked = evaluate(model, processor, args, query_reads=True)
+                record.update({f"query_reads_{k}": v for k, v in masked.items()})
             if patch_heads is not None:
                 record.update(patch_attribute_accuracy(model, processor, patch_heads, args))
         log.write(json.dumps(record) + "\n")

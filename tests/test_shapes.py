@@ -332,3 +332,41 @@ def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_pa
         assert len(calls) == 4  # everything on disk: nothing reruns
     finally:
         torch.set_num_threads(default)
+
+
+def test_query_reads_mask_leaves_one_route_from_the_image_to_the_answer():
+    """``--query-reads-probability``: on its steps only the positions that predict answer words see image tokens,
+    and a changed patch reaches only its grid neighbours among image tokens (local, 2 layers: at most 2 cells away)."""
+    import argparse
+
+    import torch
+
+    from benchmarks import train_shapes
+
+    args = argparse.Namespace(
+        batch_size=2, steps=10, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
+        layers=2, heads=2, seed=0, pack=2, vision_feature_layer=-2, query_reads_probability=1.0,
+    )  # fmt: skip
+    model, processor = train_shapes.build_model(args)
+    model.eval()
+    assert train_shapes.query_reading(3, args)
+    inputs, labels, _ = train_shapes.make_batch(processor, 0, args)
+    assert inputs["attention_mask"].dim() == 4
+    image = inputs["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<image>")
+    readers = torch.zeros_like(image)
+    readers[:-1] = labels[0, 1:] != -100
+    changed = dict(inputs, pixel_values=inputs["pixel_values"].clone())
+    changed["pixel_values"][0, :, 24:32, 24:32] += 1.0  # the patch at row 3, column 3 of the 8 x 8 grid
+    with torch.no_grad():
+        before = model(**inputs, output_hidden_states=True).hidden_states[-1][0]
+        after = model(**changed, output_hidden_states=True).hidden_states[-1][0]
+    moved = (before - after).abs().amax(-1) > 1e-5
+    cells = image.nonzero().flatten()
+    moved_cells = [(int(k) // 8, int(k) % 8) for k in (moved[cells]).nonzero().flatten()]
+    assert (3, 3) in moved_cells and all(abs(r - 3) <= 2 and abs(c - 3) <= 2 for r, c in moved_cells)
+    assert moved[readers].all()  # every query and answer position reads the image
+    before_first_answer = torch.arange(len(image)) < int(readers.nonzero()[0])
+    assert not moved[~image & before_first_answer].any()  # the expression's other words see no image token
+    # On the steps it is not drawn for, the ordinary mask is used.
+    plain_args = argparse.Namespace(**{**vars(args), "query_reads_probability": 0.0})
+    assert train_shapes.make_batch(processor, 0, plain_args)[0]["attention_mask"].dim() == 2
