@@ -177,20 +177,29 @@ def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> 
     return scenes, texts
 
 
+def _causal_allowed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[batch, T, T]`` booleans: which key each query position may attend to under the ordinary causal and
+    padding mask."""
+    length = input_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    return causal[None] & attention_mask.bool()[:, None, :]
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The ``[batch, 1, T, T]`` additive mask of ``allowed``; every row keeps itself (padding rows stay finite)."""
+    allowed = allowed | torch.eye(allowed.shape[-1], dtype=torch.bool)[None]
+    return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 def isolation_mask(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, image_id: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """A ``[batch, 1, T, T]`` additive mask: causal and padding as usual, except that an image token attends to no
     other image token, so the language model cannot gather the scene into a few image tokens and a text token can
     only learn about an object by attending to that object's own tokens."""
-    length = input_ids.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
     is_image = input_ids == image_id
-    image_pairs = is_image[:, :, None] & is_image[:, None, :] & ~torch.eye(length, dtype=torch.bool)
-    allowed = causal[None] & attention_mask.bool()[:, None, :] & ~image_pairs
-    allowed |= torch.eye(length, dtype=torch.bool)[None]  # every row keeps itself (padding rows stay finite)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+    image_pairs = is_image[:, :, None] & is_image[:, None, :]
+    return _additive(_causal_allowed(input_ids, attention_mask) & ~image_pairs, dtype)
 
 
 def query_reads_mask(
@@ -206,13 +215,12 @@ def query_reads_mask(
     only, and an image token sees only the image tokens of its 3 x 3 grid neighbourhood (causally). The one route
     from the image to the first answer word is then the query token's own attention on image tokens. ``side``: the
     patch grid's side (every image's tokens in raster order)."""
-    length = input_ids.shape[1]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
     is_image = input_ids == image_id
     readers = torch.zeros_like(is_image)
     readers[:, :-1] = labels[:, 1:] != -100  # position p predicts the token at p + 1
-    allowed = causal[None] & attention_mask.bool()[:, None, :]
-    allowed &= ~(~readers & ~is_image)[:, :, None] | ~is_image[:, None, :]  # non-readers see no image token
+    allowed = _causal_allowed(input_ids, attention_mask)
+    text_only = ~readers & ~is_image  # the expression's other words (and the prompt's)
+    allowed &= ~(text_only[:, :, None] & is_image[:, None, :])
     for b in range(input_ids.shape[0]):
         where = is_image[b].nonzero().flatten()
         if len(where) != side * side:
@@ -221,16 +229,18 @@ def query_reads_mask(
         rows, cols = cell // side, cell % side
         near = ((rows[:, None] - rows[None]).abs() <= 1) & ((cols[:, None] - cols[None]).abs() <= 1)
         allowed[b, where[:, None], where[None]] &= near
-    allowed |= torch.eye(length, dtype=torch.bool)[None]  # every row keeps itself (padding rows stay finite)
-    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]
+    return _additive(allowed, dtype)
+
+
+def _drawn(step: int, args: argparse.Namespace, probability: float, stream: int) -> bool:
+    """A draw with ``probability``, deterministic in the run's seed, the step and the option's ``stream``."""
+    return bool(probability) and bool(np.random.default_rng([args.seed, step, stream]).random() < probability)
 
 
 def query_reading(step: int, args: argparse.Namespace) -> bool:
     """Whether training step ``step`` uses :func:`query_reads_mask` (a draw deterministic in the step under
     ``--query-reads-probability``)."""
-    probability = getattr(args, "query_reads_probability", 0.0)
-    return bool(probability) and bool(np.random.default_rng([args.seed, step, 43]).random() < probability)
+    return _drawn(step, args, getattr(args, "query_reads_probability", 0.0), stream=43)
 
 
 def isolating(step: int, args: argparse.Namespace) -> bool:
@@ -238,8 +248,7 @@ def isolating(step: int, args: argparse.Namespace) -> bool:
     draw deterministic in the step under ``--isolate-probability``)."""
     if step < getattr(args, "isolate_image_tokens", 0.0) * args.steps:
         return True
-    probability = getattr(args, "isolate_probability", 0.0)
-    return bool(probability) and bool(np.random.default_rng([args.seed, step, 41]).random() < probability)
+    return _drawn(step, args, getattr(args, "isolate_probability", 0.0), stream=41)
 
 
 def make_batch(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,16 @@ from benchmarks import shapes
 from benchmarks.data import GroundingSample
 
 KEYS = {"leftmost": (0, 1), "rightmost": (0, -1), "topmost": (1, 1), "bottommost": (1, -1)}
+
+
+def _tiny_trial_args(**options):
+    """``train_shapes`` arguments of a tiny model (64-pixel images, 8 x 8 patches, 2 packed expressions), with
+    ``options`` added or overriding."""
+    base = dict(
+        batch_size=2, steps=10, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
+        layers=2, heads=2, seed=0, pack=2,
+    )  # fmt: skip
+    return argparse.Namespace(**{**base, **options})
 
 
 def _matches(obj: shapes.ShapeObject, words: list[str]) -> bool:
@@ -82,23 +94,9 @@ def test_splits_are_disjoint_seed_ranges():
 
 @pytest.mark.parametrize("pack", [1, 3])
 def test_training_labels_are_the_answers_after_each_expression(pack):
-    import argparse
-
     from benchmarks import train_shapes
 
-    args = argparse.Namespace(
-        batch_size=6,
-        steps=10,
-        image_size=64,
-        patch_size=8,
-        vision_hidden=16,
-        vision_layers=1,
-        hidden=16,
-        layers=2,
-        heads=2,
-        seed=0,
-        pack=pack,
-    )
+    args = _tiny_trial_args(batch_size=6, pack=pack)
     _, processor = train_shapes.build_model(args)
     inputs, labels, _ = train_shapes.make_batch(processor, 3, args)
     tokenizer = processor.tokenizer
@@ -116,8 +114,6 @@ def test_training_labels_are_the_answers_after_each_expression(pack):
 
 
 def test_finer_position_bins_for_training_trials():
-    import argparse
-
     from benchmarks import train_shapes
 
     scene, _ = shapes.sample_scene(shapes.scene_seed("val", 3), 3, 128)
@@ -125,10 +121,7 @@ def test_finer_position_bins_for_training_trials():
     coarse, fine = shapes.answer_for(obj, 128).split(), shapes.answer_for(obj, 128, position_bins=16).split()
     assert int(fine[0][1:]) // 2 == int(coarse[0][1:]) and fine[2:] == coarse[2:]
     assert {"x15", "y15"} <= set(shapes.vocabulary(16)) and "x8" not in shapes.VOCABULARY
-    args = argparse.Namespace(
-        batch_size=4, steps=10, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
-        layers=2, heads=2, seed=0, pack=2, position_bins=16,
-    )  # fmt: skip
+    args = _tiny_trial_args(batch_size=4, position_bins=16)
     _, processor = train_shapes.build_model(args)
     for split in ("train", "val"):
         inputs, labels, _ = train_shapes.make_batch(processor, 1, args, split=split)
@@ -168,14 +161,9 @@ def test_shaded_world_hides_each_objects_shade_in_a_noisy_texture():
 def test_shaded_training_labels_and_random_isolation():
     """``train_shapes --shaded``: the labels start at the shade word; ``--isolate-probability``: a share of the steps,
     deterministic in the step."""
-    import argparse
-
     from benchmarks import train_shapes
 
-    args = argparse.Namespace(
-        batch_size=4, steps=400, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
-        layers=2, heads=2, seed=0, pack=2, shaded=True, isolate_probability=0.3,
-    )  # fmt: skip
+    args = _tiny_trial_args(batch_size=4, steps=400, shaded=True, isolate_probability=0.3)
     _, processor = train_shapes.build_model(args)
     inputs, labels, scenes = train_shapes.make_batch(processor, 1, args)
     words = processor.tokenizer.decode(labels[labels != -100]).split()
@@ -193,16 +181,11 @@ def test_isolated_local_image_tokens_for_training_trials():
     """``--vision-feature-layer -2 --isolate-image-tokens``: with one CLIP layer the projector reads the patch
     embeddings, and in the language model an image token attends to no other image token, so changing one patch
     changes only that image token and the text after the image."""
-    import argparse
-
     import torch
 
     from benchmarks import train_shapes
 
-    args = argparse.Namespace(
-        batch_size=2, steps=10, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
-        layers=2, heads=2, seed=0, pack=2, vision_feature_layer=-2, isolate_image_tokens=0.5,
-    )  # fmt: skip
+    args = _tiny_trial_args(vision_feature_layer=-2, isolate_image_tokens=0.5)
     model, processor = train_shapes.build_model(args)
     model.eval()
     assert train_shapes.isolating(4, args) and not train_shapes.isolating(5, args)
@@ -274,15 +257,10 @@ def test_patch_attribute_labels_and_training_run_resume(tmp_path, capsys):
 def test_probe_reports_baselines_oracle_and_object_choice_by_kind():
     """``shapes_probe`` on a tiny untrained model: the oracle recovers the targets, and the best head's object choice
     is broken down by expression kind over every scene with more than one object."""
-    import argparse
-
     from benchmarks import shapes_probe, train_shapes
     from localize.models import VLM
 
-    args = argparse.Namespace(
-        batch_size=4, steps=10, image_size=128, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
-        layers=2, heads=2, seed=0, pack=2,
-    )  # fmt: skip
+    args = _tiny_trial_args(batch_size=4, image_size=128)
     model, processor = train_shapes.build_model(args)
     result = shapes_probe.probe(VLM(model.eval(), processor, spec="tiny"), 0, 24, heads_spec="L1 H0,L1 H1")
     assert result["acc@0.5"]["oracle"] >= 0.8 and result["acc@0.5"]["whole_image"] == 0.0
@@ -337,16 +315,11 @@ def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_pa
 def test_query_reads_mask_leaves_one_route_from_the_image_to_the_answer():
     """``--query-reads-probability``: on its steps only the positions that predict answer words see image tokens,
     and a changed patch reaches only its grid neighbours among image tokens (local, 2 layers: at most 2 cells away)."""
-    import argparse
-
     import torch
 
     from benchmarks import train_shapes
 
-    args = argparse.Namespace(
-        batch_size=2, steps=10, image_size=64, patch_size=8, vision_hidden=16, vision_layers=1, hidden=16,
-        layers=2, heads=2, seed=0, pack=2, vision_feature_layer=-2, query_reads_probability=1.0,
-    )  # fmt: skip
+    args = _tiny_trial_args(vision_feature_layer=-2, query_reads_probability=1.0)
     model, processor = train_shapes.build_model(args)
     model.eval()
     assert train_shapes.query_reading(3, args)
