@@ -20,6 +20,13 @@ first 500 test scenes at difficulty 3, 320 hold 3 objects, 128 hold 4, 33 hold 2
 rendered as a brightness texture on the 8-pixel patch grid whose cells are noisy but average exactly to the class's
 level over the object, and the answer starts with the shade word: only an average over the object's whole extent
 tells it.
+
+``clutter`` (a trial option, 0 by default): up to that many little objects (sides 0.12-0.18 of the image, size word
+"little"), sharing the scene's palette and shapes, fill the free space after the RefCOCO-sized ones. They are
+objects like any other (expressions must single out their target among all of them, and training may refer to
+them), but ``ShapesDataset`` and ``sample_scene(big_referents=True)`` only ask about RefCOCO-sized targets, the ones
+the paper's map -> box step can recover. With ``clutter=8`` a scene mostly holds 9-11 objects (300 test scenes), too
+many, the hope is, for one read of them all to be decoded.
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ SHADE_WORDS: tuple[str, ...] = ("dark", "dim", "light", "bright")
 SHADE_LEVELS: tuple[float, ...] = (0.5, 0.65, 0.8, 0.95)
 SHADE_NOISE = 0.2
 SHADE_CELLS = 16  # texture cells per image side (the 8-pixel patches of a 128-pixel image)
+# ``clutter`` worlds: the little objects' side range (fraction of the image side) and size word (size class -1).
+CLUTTER_FRACTIONS: tuple[float, float] = (0.12, 0.18)
+CLUTTER_WORD = "little"
 DEFAULT_IMAGE_SIZE = 128
 SPLIT_BASES: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
 SPLIT_CAPACITY = 1_000_000_000
@@ -58,14 +68,15 @@ RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
 SUPERLATIVES: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommost", "biggest", "smallest")
 
 
-def vocabulary(position_bins: int = POSITION_BINS, shaded: bool = False) -> tuple[str, ...]:
+def vocabulary(position_bins: int = POSITION_BINS, shaded: bool = False, clutter: bool = False) -> tuple[str, ...]:
     """Every word the world produces (expressions and answers with ``position_bins`` bins; ``shaded``: and the
-    shade words), for a tokenizer."""
+    shade words; ``clutter``: and the little objects' size word), for a tokenizer."""
     return tuple(
         ["the", "object", "of", "above", "below", "left", "right", *SUPERLATIVES, *COLORS, *SHAPES, *SIZE_WORDS]
         + [f"x{i}" for i in range(position_bins)]
         + [f"y{i}" for i in range(position_bins)]
         + (list(SHADE_WORDS) if shaded else [])
+        + ([CLUTTER_WORD] if clutter else [])
     )
 
 
@@ -78,7 +89,7 @@ class ShapeObject:
 
     shape: str
     color: str
-    size_class: int
+    size_class: int  # index into SIZE_WORDS; -1 for a ``clutter`` world's little objects
     box: tuple[float, float, float, float]
     mask: np.ndarray = field(repr=False)
     shade: int | None = None  # shade class in a ``shaded`` world
@@ -91,7 +102,7 @@ class ShapeObject:
     @property
     def size_word(self) -> str:
         """The size class as a word."""
-        return SIZE_WORDS[self.size_class]
+        return CLUTTER_WORD if self.size_class < 0 else SIZE_WORDS[self.size_class]
 
 
 @dataclass
@@ -142,28 +153,25 @@ def _shade_texture(mask: np.ndarray, level: float, rng: np.random.Generator) -> 
     return np.clip(factor, 0.05, 1.5)
 
 
-def render_scene(seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE_SIZE, shaded: bool = False) -> Scene:
-    """Draw the scene of ``seed``: 3-4 non-overlapping objects with repeated attributes, as many as fit (1 scene in
-    10 fits fewer); deterministic. ``shaded``: the same objects, each with a shade class and its texture."""
-    lo, hi, noisy = _level_settings(difficulty)
-    rng = np.random.default_rng([int(seed), int(difficulty), int(image_size)])
-    n_objects = int(rng.integers(lo, hi + 1))
-    # Repeated attributes: draw from a small palette per scene so that single words rarely pick one object.
-    palette = rng.choice(len(COLORS), size=min(len(COLORS), int(rng.integers(2, 4))), replace=False)
-    color_names = list(COLORS)
-    background = np.full((image_size, image_size, 3), int(rng.integers(20, 70)), dtype=np.float32)
-    if noisy:
-        background += rng.normal(0.0, 18.0, size=background.shape).astype(np.float32)
-    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+def _place_objects(
+    canvas: Image.Image,
+    occupied: np.ndarray,
+    rng: np.random.Generator,
+    count: int,
+    palette: np.ndarray,
+    side_of: Callable[[np.random.Generator], tuple[int, int]],
+) -> list[ShapeObject]:
+    """Draw up to ``count`` objects on ``canvas`` into free space (``occupied`` is updated), each side and size class
+    from ``side_of``; rejection sampling, 2000 tries."""
+    image_size = canvas.size[0]
     draw = ImageDraw.Draw(canvas)
-    objects: list[ShapeObject] = []
-    occupied = np.zeros((image_size, image_size), dtype=bool)
+    color_names = list(COLORS)
     gap = max(2, image_size // 40)
+    objects: list[ShapeObject] = []
     attempts = 0
-    while len(objects) < n_objects and attempts < 2000:
+    while len(objects) < count and attempts < 2000:
         attempts += 1
-        size_class = int(rng.integers(len(SIZE_WORDS)))
-        side = int(round(SIZE_FRACTIONS[size_class] * image_size * rng.uniform(0.95, 1.05)))
+        side, size_class = side_of(rng)
         x0 = int(rng.integers(0, image_size - side + 1))
         y0 = int(rng.integers(0, image_size - side + 1))
         if occupied[max(0, y0 - gap) : y0 + side + gap, max(0, x0 - gap) : x0 + side + gap].any():
@@ -180,6 +188,36 @@ def render_scene(seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE
         box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
         occupied[y0 : y0 + side, x0 : x0 + side] = True
         objects.append(ShapeObject(shape=shape, color=color, size_class=size_class, box=box, mask=mask))
+    return objects
+
+
+def render_scene(
+    seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE_SIZE, shaded: bool = False, clutter: int = 0
+) -> Scene:
+    """Draw the scene of ``seed``: 3-4 non-overlapping objects with repeated attributes, as many as fit (1 scene in
+    10 fits fewer); deterministic. ``shaded``: the same objects, each with a shade class and its texture;
+    ``clutter``: the same objects, then up to that many little ones in the free space."""
+    lo, hi, noisy = _level_settings(difficulty)
+    rng = np.random.default_rng([int(seed), int(difficulty), int(image_size)])
+    n_objects = int(rng.integers(lo, hi + 1))
+    # Repeated attributes: draw from a small palette per scene so that single words rarely pick one object.
+    palette = rng.choice(len(COLORS), size=min(len(COLORS), int(rng.integers(2, 4))), replace=False)
+    background = np.full((image_size, image_size, 3), int(rng.integers(20, 70)), dtype=np.float32)
+    if noisy:
+        background += rng.normal(0.0, 18.0, size=background.shape).astype(np.float32)
+    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+    occupied = np.zeros((image_size, image_size), dtype=bool)
+
+    def refcoco_sized(rng: np.random.Generator) -> tuple[int, int]:
+        size_class = int(rng.integers(len(SIZE_WORDS)))
+        return int(round(SIZE_FRACTIONS[size_class] * image_size * rng.uniform(0.95, 1.05))), size_class
+
+    objects = _place_objects(canvas, occupied, rng, n_objects, palette, refcoco_sized)
+    if clutter > 0:  # a separate stream, so the RefCOCO-sized objects are those of the plain scene
+        clutter_rng = np.random.default_rng([int(seed), int(difficulty), int(image_size), 53])
+        lo_side, hi_side = (int(round(f * image_size)) for f in CLUTTER_FRACTIONS)
+        little = lambda rng: (int(rng.integers(lo_side, hi_side + 1)), -1)  # noqa: E731
+        objects += _place_objects(canvas, occupied, clutter_rng, int(clutter), palette, little)
     if shaded:  # a separate stream, so the objects are those of the unshaded scene
         shade_rng = np.random.default_rng([int(seed), int(difficulty), int(image_size), 31])
         pixels = np.asarray(canvas, dtype=np.float32)
@@ -324,13 +362,18 @@ def scene_seed(split: str, index: int, seed_offset: int = 0) -> int:
     return SPLIT_BASES[split] + local
 
 
-def sample_scene(seed: int, difficulty: int, image_size: int, shaded: bool = False) -> tuple[Scene, list[Expression]]:
-    """The scene of ``seed`` with its valid expressions; re-draws (deterministically) a scene with none."""
+def sample_scene(
+    seed: int, difficulty: int, image_size: int, shaded: bool = False, clutter: int = 0, big_referents: bool = False
+) -> tuple[Scene, list[Expression]]:
+    """The scene of ``seed`` with its valid expressions (``big_referents``: only those whose target is RefCOCO-sized,
+    not a ``clutter`` object); re-draws (deterministically) a scene with none."""
     attempt = 0
     while True:
-        scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded)
+        scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded, clutter)
         scene.seed = seed
         expressions = scene_expressions(scene)
+        if big_referents:
+            expressions = [e for e in expressions if scene.objects[e.target].size_class >= 0]
         if expressions:
             return scene, expressions
         attempt += 1
@@ -340,7 +383,8 @@ class ShapesDataset:
     """A split of the shapes world: ``size`` samples, one expression per scene, deterministic per index.
 
     The default difficulty, 3, is the full world (every expression kind, noisy backgrounds): what ``--data shapes``
-    reads in ``discover``, ``bench`` and ``finetune``."""
+    reads in ``discover``, ``bench`` and ``finetune``. In a ``clutter`` world only RefCOCO-sized objects are asked
+    about."""
 
     name = "shapes"
 
@@ -352,6 +396,7 @@ class ShapesDataset:
         seed_offset: int = 0,
         image_size: int = DEFAULT_IMAGE_SIZE,
         shaded: bool = False,
+        clutter: int = 0,
     ) -> None:
         scene_seed(split, 0, seed_offset)  # validates split and offset
         if size < 0 or seed_offset + size > SPLIT_CAPACITY:
@@ -363,6 +408,9 @@ class ShapesDataset:
         self.seed_offset = int(seed_offset)
         self.image_size = int(image_size)
         self.shaded = bool(shaded)
+        if clutter < 0:
+            raise ValueError(f"clutter must be >= 0, got {clutter}")
+        self.clutter = int(clutter)
 
     def __len__(self) -> int:
         return self.size
@@ -373,7 +421,9 @@ class ShapesDataset:
         if not 0 <= index < self.size:
             raise IndexError(index)
         seed = scene_seed(self.split, index, self.seed_offset)
-        scene, expressions = sample_scene(seed, self.difficulty, self.image_size, self.shaded)
+        scene, expressions = sample_scene(
+            seed, self.difficulty, self.image_size, self.shaded, self.clutter, big_referents=self.clutter > 0
+        )
         rng = np.random.default_rng([seed, self.difficulty, 17])
         return make_sample(scene, choose_expression(expressions, rng), self.split, index)
 

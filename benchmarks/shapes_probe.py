@@ -9,7 +9,8 @@ oracle (the target mask downsampled to the grid through the same step), and triv
 largest object, a random object, a centred box of median target size. Per head: how often its peak cell is on the
 target vs on a random other object, its own Acc@0.5, and its target lift (share of its image attention on the target
 divided by the target's share of the grid; 1 = no preference), and its object choice (how often the object its
-attention is densest on is the target; chance is printed beside it), for the best such head also per expression kind,
+attention is densest on is the target; chance is printed beside it; also among the RefCOCO-sized objects only, the
+ones a ``clutter`` world asks about), for the best such head also per expression kind,
 and its target preference (attention per cell of the target's box over that on the other objects' boxes, median over
 scenes: a head that attends to every object scores ~1, one that picks the referred object much more).
 """
@@ -54,9 +55,11 @@ def probe(
     batch: int = 16,
     heads_spec: str | None = None,
     shaded: bool = False,
+    clutter: int = 0,
 ) -> dict:
     """Discovery on validation scenes (or the given ``heads_spec``: "auto", a heads file, "L2 H1,..."), then REC
-    Acc@0.5 of the heads, baselines and the oracle on test scenes (``shaded``: of the shaded world)."""
+    Acc@0.5 of the heads, baselines and the oracle on test scenes (``shaded``: of the shaded world; ``clutter``:
+    with that many little objects, which the baselines' random object is not drawn from)."""
     from heads.discover import discover, load_heads_for
     from localize.postprocess import GroundingSettings, maps_to_grounding
 
@@ -65,11 +68,11 @@ def probe(
     if heads_spec is not None:
         heads = list(load_heads_for(vlm, heads_spec).heads)
     else:
-        val = [s for s in shapes.ShapesDataset("val", size=discover_n, difficulty=3, shaded=shaded)]
+        val = [s for s in shapes.ShapesDataset("val", size=discover_n, difficulty=3, shaded=shaded, clutter=clutter)]
         found = discover(vlm, val, top_k=top_k, progress=False, seed=seed)
         heads = list(found.heads)
     settings = GroundingSettings(scale_to_grid=True)
-    test = shapes.ShapesDataset("test", size=test_n, difficulty=3, shaded=shaded)
+    test = shapes.ShapesDataset("test", size=test_n, difficulty=3, shaded=shaded, clutter=clutter)
     rng = np.random.default_rng(seed)
     ious: dict[str, list[float]] = {
         k: []
@@ -87,6 +90,9 @@ def probe(
     choice: dict[tuple[int, int], list[bool]] = {}
     preference: dict[tuple[int, int], list[float]] = {}
     chance: list[float] = []
+    # The same among the RefCOCO-sized objects only (a ``clutter`` world's little objects are never asked about).
+    choice_referable: dict[tuple[int, int], list[bool]] = {}
+    chance_referable: list[float] = []
     choice_kinds: list[str] = []  # per scene with >= 2 objects: its expression kind ("colour" = "the <colour> object")
     for start in range(0, test_n, batch):
         samples = [test[i] for i in range(start, min(test_n, start + batch))]
@@ -104,7 +110,8 @@ def probe(
             objects = [o["box"] for o in sample.meta["objects"]]
             largest = max(objects, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
             ious["largest_object"].append(box_iou(largest, target))
-            ious["random_object"].append(box_iou(objects[int(rng.integers(len(objects)))], target))
+            referable = [k for k, o in enumerate(sample.meta["objects"]) if o["size"] != shapes.CLUTTER_WORD]
+            ious["random_object"].append(box_iou(objects[referable[int(rng.integers(len(referable)))]], target))
             sizes.append((target[2] - target[0], target[3] - target[1]))
             others = [b for k, b in enumerate(objects) if k != sample.meta["target"]]
             other = maps.geometry.box_to_grid(others[int(rng.integers(len(others)))]) if others else None
@@ -122,6 +129,8 @@ def probe(
                 words = sample.expression.split()
                 colour_only = len(words) == 3 and words[1] in shapes.COLORS and words[2] == "object"
                 choice_kinds.append("colour" if colour_only else sample.meta["kind"])
+            if len(referable) > 1:
+                chance_referable.append(1.0 / len(referable))
             flat = maps.maps.flatten(1).argmax(1).numpy()
             rows, cols = np.unravel_index(flat, maps.grid)
             for i, head in enumerate(maps.heads):
@@ -134,6 +143,9 @@ def probe(
                 if len(objects) > 1:
                     choice.setdefault(head, []).append(int(density[i].argmax()) == sample.meta["target"])
                     preference.setdefault(head, []).append(float(scene_preference[i]))
+                if len(referable) > 1:
+                    densest = referable[int(density[i, referable].argmax())]
+                    choice_referable.setdefault(head, []).append(densest == sample.meta["target"])
     w, h = np.median(np.asarray(sizes), axis=0)
     for sample in (test[i] for i in range(test_n)):
         width, height = sample.image_size
@@ -150,6 +162,7 @@ def probe(
                 "acc@0.5": float(np.mean(head_acc[h])),
                 "target_lift": float(np.mean(lift[h])),
                 "object_choice": float(np.mean(choice.get(h, [np.nan]))),
+                "object_choice_referable": float(np.mean(choice_referable.get(h, [np.nan]))),
                 "target_preference": float(np.median(preference.get(h, [np.nan]))),
             }
             for h in peak_target
@@ -172,6 +185,8 @@ def probe(
         "best_object_choice": best_choice,
         "best_object_choice_by_kind": by_kind,  # "colour": "the <colour> object", which one colour match answers
         "object_choice_chance": float(np.mean(chance)) if chance else None,
+        "best_object_choice_referable": max(r["object_choice_referable"] for r in per_head),
+        "object_choice_referable_chance": float(np.mean(chance_referable)) if chance_referable else None,
         "heads": [list(h) for h in heads],
         "frequency_of_heads": None
         if found is None
@@ -193,14 +208,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--heads", default=None, help='skip discovery: "auto", a heads file or "L2 H1,L3 H0"')
     parser.add_argument("--shaded", action="store_true", help="scenes of the shaded world (train_shapes --shaded)")
+    parser.add_argument(
+        "--clutter",
+        type=int,
+        default=None,
+        help="little objects per scene (train_shapes --clutter; default: the checkpoint's)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     state = Path(args.model) / "state.json"
-    shaded = args.shaded or (state.exists() and json.loads(state.read_text())["args"].get("shaded", False))
+    trained = json.loads(state.read_text())["args"] if state.exists() else {}
     result = probe(
-        load_for_probe(args.model), args.discover, args.test, args.top_k, heads_spec=args.heads, shaded=shaded
+        load_for_probe(args.model),
+        args.discover,
+        args.test,
+        args.top_k,
+        heads_spec=args.heads,
+        shaded=args.shaded or trained.get("shaded", False),
+        clutter=trained.get("clutter", 0) if args.clutter is None else args.clutter,
     )
     print(json.dumps(result, indent=2))
     if args.json:

@@ -21,10 +21,11 @@ both masks), ``--shaded`` (objects carry a noisy brightness texture whose class,
 an average over the whole object tells),
 ``--query-reads-probability`` (on a random share of the steps only the positions that predict answer words read
 image tokens, which see only their grid neighbours: the query token must find the object itself),
-``--attention-dropout`` (a head that reads one or two image tokens loses them often) and ``--patch-attributes``
-(an auxiliary per-patch loss: linear read-outs of the covering object's colour, shape and size from the features the
-projector reads, standing in for a pretrained CLIP whose patches carry their object; not text-only, so never used
-for the shipped model, and the read-outs are not saved with it).
+``--clutter`` (little objects beside the RefCOCO-sized ones: mostly 9-11 candidates per scene, too many to read
+all at once and decode), ``--attention-dropout`` (a head that reads one or two image tokens loses them often) and
+``--patch-attributes`` (an auxiliary per-patch loss: linear read-outs of the covering object's colour, shape and size
+from the features the projector reads, standing in for a pretrained CLIP whose patches carry their object; not
+text-only, so never used for the shipped model, and the read-outs are not saved with it).
 
 Checkpoints (``OUT/checkpoint``: weights as safetensors, optimizer state read back with ``weights_only=True``) are
 written every ``--save-every`` steps; rerunning the same command resumes. The final model and processor are
@@ -68,7 +69,11 @@ def build_model(args: argparse.Namespace):
     from localize.testing import tiny_llava
 
     model, processor = tiny_llava(
-        words=shapes.vocabulary(getattr(args, "position_bins", shapes.POSITION_BINS), getattr(args, "shaded", False)),
+        words=shapes.vocabulary(
+            getattr(args, "position_bins", shapes.POSITION_BINS),
+            getattr(args, "shaded", False),
+            getattr(args, "clutter", 0) > 0,
+        ),
         image_size=args.image_size,
         patch_size=args.patch_size,
         vision_hidden=args.vision_hidden,
@@ -112,8 +117,13 @@ def _packed_scenes(step: int, args: argparse.Namespace, split: str = "train") ->
     out = []
     for i in range(n_images):
         seed = shapes.scene_seed(split, step * n_images + i)
-        out.append((seed, *shapes.sample_scene(seed, difficulty, args.image_size, getattr(args, "shaded", False))))
+        out.append((seed, *shapes.sample_scene(seed, difficulty, args.image_size, *_world(args))))
     return out
+
+
+def _world(args: argparse.Namespace) -> tuple[bool, int]:
+    """The world options of a trial: (``shaded``, ``clutter``)."""
+    return getattr(args, "shaded", False), getattr(args, "clutter", 0)
 
 
 def patch_attribute_labels(scenes: list[shapes.Scene], patch_size: int) -> torch.Tensor:
@@ -282,6 +292,7 @@ def make_batch(
             difficulty=difficulty,
             image_size=args.image_size,
             shaded=getattr(args, "shaded", False),
+            clutter=getattr(args, "clutter", 0),
         )
         drawn = [data[step * size + i] for i in range(size)]
         images = [s.image for s in drawn]
@@ -354,8 +365,9 @@ def patch_attribute_accuracy(
 ) -> dict[str, float]:
     """How well the ``--patch-attributes`` read-outs name each object patch's colour, shape and size class on
     validation scenes (difficulty 3): whether the patches the projector reads carry their object."""
-    shaded = getattr(args, "shaded", False)
-    drawn = [shapes.sample_scene(shapes.scene_seed("val", i), 3, args.image_size, shaded)[0] for i in range(scenes)]
+    drawn = [
+        shapes.sample_scene(shapes.scene_seed("val", i), 3, args.image_size, *_world(args))[0] for i in range(scenes)
+    ]
     labels = patch_attribute_labels(drawn, args.patch_size)
     pixels = processor.image_processor([scene.image for scene in drawn], return_tensors="pt")["pixel_values"]
     was_training = model.training
@@ -426,6 +438,14 @@ def main(argv: list[str] | None = None) -> int:
         help="a shaded world: objects carry a noisy brightness texture whose class the answer names first",
     )
     parser.add_argument(
+        "--clutter",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a cluttered world: up to N little objects beside the RefCOCO-sized ones (packed steps refer to any "
+        "object, unpacked ones, like the benchmarks, to RefCOCO-sized ones)",
+    )
+    parser.add_argument(
         "--attention-dropout", type=float, default=0.0, help="attention dropout in the language model while training"
     )
     parser.add_argument(
@@ -444,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--position-bins other than the world's needs --pack >= 2 (answers are built per scene)")
     if args.patch_attributes and args.pack < 2:
         parser.error("--patch-attributes needs --pack >= 2 (labels are built per scene)")
+    if args.patch_attributes and args.clutter:
+        parser.error("--patch-attributes has no size class for --clutter's little objects")
+    if args.clutter < 0:
+        parser.error("--clutter must be >= 0")
 
     from safetensors.torch import load_file, save_file
 
@@ -499,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             "isolate_probability": 0.0,
             "shaded": False,
             "query_reads_probability": 0.0,
+            "clutter": 0,
             **state["args"],
         }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:

@@ -158,6 +158,39 @@ def test_shaded_world_hides_each_objects_shade_in_a_noisy_texture():
     assert set(sample.answer.split()) <= set(shapes.vocabulary(shaded=True)) and "dim" not in shapes.VOCABULARY
 
 
+def test_cluttered_world_adds_little_objects_and_asks_only_about_big_ones():
+    """``clutter``: the plain scene's objects, then little ones in the free space; expressions single out their
+    target among all of them; the dataset asks only about RefCOCO-sized targets, training about any."""
+    from benchmarks import train_shapes
+
+    little_targets = 0
+    for seed in range(20):
+        plain = shapes.render_scene(seed, 3, 128)
+        scene = shapes.render_scene(seed, 3, 128, clutter=8)
+        n = len(plain.objects)
+        assert [(o.shape, o.color, o.box) for o in scene.objects[:n]] == [
+            (o.shape, o.color, o.box) for o in plain.objects
+        ]
+        little = scene.objects[n:]
+        assert little and all(o.size_class == -1 and o.size_word == shapes.CLUTTER_WORD for o in little)
+        lo, hi = (f * 128 for f in shapes.CLUTTER_FRACTIONS)
+        assert all(lo - 1 <= max(o.box[2] - o.box[0], o.box[3] - o.box[1]) <= hi + 1 for o in little)
+        assert np.sum([o.mask for o in scene.objects], axis=0).max() == 1  # none overlap
+        for expression in shapes.scene_expressions(scene):
+            assert _referents(scene, expression.text) == [expression.target], expression.text
+            little_targets += scene.objects[expression.target].size_class < 0
+    assert little_targets > 0
+    data = shapes.ShapesDataset("test", size=20, clutter=8)
+    for sample in data:
+        assert sample.meta["objects"][sample.meta["target"]]["size"] != shapes.CLUTTER_WORD
+        assert len(sample.meta["objects"]) > 4
+    assert shapes.CLUTTER_WORD not in shapes.VOCABULARY
+    args = _tiny_trial_args(batch_size=4, clutter=8)
+    _, processor = train_shapes.build_model(args)
+    _, labels, _ = train_shapes.make_batch(processor, 1, args)
+    assert processor.tokenizer.unk_token not in processor.tokenizer.decode(labels[labels != -100]).split()
+
+
 def test_shaded_training_labels_and_random_isolation():
     """``train_shapes --shaded``: the labels start at the shade word; ``--isolate-probability``: a share of the steps,
     deterministic in the step."""
@@ -270,6 +303,10 @@ def test_probe_reports_baselines_oracle_and_object_choice_by_kind():
     assert set(by_kind) <= {"attribute", "colour", "superlative", "relation"}
     assert all(0.0 <= k["object_choice"] <= 1.0 and 0.25 <= k["chance"] <= 1 / 2 for k in by_kind.values())
     assert all(0.0 < head["target_preference"] < np.inf for head in result["per_head_top5"])
+    # A cluttered world: object choice among all objects, and among the RefCOCO-sized ones (those asked about).
+    cluttered = shapes_probe.probe(VLM(model.eval(), processor, spec="tiny"), 0, 12, heads_spec="L1 H0", clutter=8)
+    assert cluttered["acc@0.5"]["oracle"] >= 0.8
+    assert cluttered["object_choice_chance"] < 0.2 < 0.25 <= cluttered["object_choice_referable_chance"] <= 0.5
 
 
 def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_path, monkeypatch):
