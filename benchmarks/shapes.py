@@ -25,8 +25,9 @@ tells it.
 "little"), sharing the scene's palette and shapes, fill the free space after the RefCOCO-sized ones. They are
 objects like any other (expressions must single out their target among all of them, and training may refer to
 them), but ``ShapesDataset`` and ``sample_scene(big_referents=True)`` only ask about RefCOCO-sized targets, the ones
-the paper's map -> box step can recover. With ``clutter=8`` a scene mostly holds 9-11 objects (300 test scenes), too
-many, the hope is, for one read of them all to be decoded.
+the paper's map -> box step can recover. With ``clutter=8`` a scene mostly holds 9-11 objects (300 test scenes): too
+many, the idea was, for one read of them all to be decoded. In trials 19-21 that slowed the learning of positions
+rather than making the heads choose (benchmarks/SHAPES_TRIALS.md).
 """
 
 from __future__ import annotations
@@ -216,7 +217,10 @@ def render_scene(
     if clutter > 0:  # a separate stream, so the RefCOCO-sized objects are those of the plain scene
         clutter_rng = np.random.default_rng([int(seed), int(difficulty), int(image_size), 53])
         lo_side, hi_side = (int(round(f * image_size)) for f in CLUTTER_FRACTIONS)
-        little = lambda rng: (int(rng.integers(lo_side, hi_side + 1)), -1)  # noqa: E731
+
+        def little(rng: np.random.Generator) -> tuple[int, int]:
+            return int(rng.integers(lo_side, hi_side + 1)), -1
+
         objects += _place_objects(canvas, occupied, clutter_rng, int(clutter), palette, little)
     if shaded:  # a separate stream, so the objects are those of the unshaded scene
         shade_rng = np.random.default_rng([int(seed), int(difficulty), int(image_size), 31])

@@ -21,8 +21,8 @@ both masks), ``--shaded`` (objects carry a noisy brightness texture whose class,
 an average over the whole object tells),
 ``--query-reads-probability`` (on a random share of the steps only the positions that predict answer words read
 image tokens, which see only their grid neighbours: the query token must find the object itself),
-``--clutter`` (little objects beside the RefCOCO-sized ones: mostly 9-11 candidates per scene, too many to read
-all at once and decode), ``--attention-dropout`` (a head that reads one or two image tokens loses them often) and
+``--clutter`` (little objects beside the RefCOCO-sized ones: mostly 9-11 candidates per scene, meant to be too many
+to read all at once and decode), ``--attention-dropout`` (a head that reads one or two image tokens loses them often) and
 ``--patch-attributes`` (an auxiliary per-patch loss: linear read-outs of the covering object's colour, shape and size
 from the features the projector reads, standing in for a pretrained CLIP whose patches carry their object; not
 text-only, so never used for the shipped model, and the read-outs are not saved with it).
