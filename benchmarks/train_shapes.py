@@ -22,10 +22,10 @@ an average over the whole object tells),
 ``--query-reads-probability`` (on a random share of the steps only the positions that predict answer words read
 image tokens, which see only their grid neighbours: the query token must find the object itself),
 ``--clutter`` (little objects beside the RefCOCO-sized ones: mostly 9-11 candidates per scene, meant to be too many
-to read all at once and decode), ``--attention-dropout`` (a head that reads one or two image tokens loses them often) and
-``--patch-attributes`` (an auxiliary per-patch loss: linear read-outs of the covering object's colour, shape and size
-from the features the projector reads, standing in for a pretrained CLIP whose patches carry their object; not
-text-only, so never used for the shipped model, and the read-outs are not saved with it).
+to read all at once and decode), ``--attention-dropout`` (a head that reads one or two image tokens loses them
+often) and ``--patch-attributes`` (an auxiliary per-patch loss: linear read-outs of the covering object's colour,
+shape and size from the features the projector reads, standing in for a pretrained CLIP whose patches carry their
+object; not text-only, so never used for the shipped model, and the read-outs are not saved with it).
 
 Checkpoints (``OUT/checkpoint``: weights as safetensors, optimizer state read back with ``weights_only=True``) are
 written every ``--save-every`` steps; rerunning the same command resumes. The final model and processor are
@@ -64,16 +64,18 @@ def sincos_2d(side: int, dim: int) -> torch.Tensor:
     return torch.nn.functional.pad(table, (0, dim - table.shape[1]))
 
 
+def _world(args: argparse.Namespace) -> tuple[bool, int]:
+    """The world options of a trial: (``shaded``, ``clutter``)."""
+    return getattr(args, "shaded", False), getattr(args, "clutter", 0)
+
+
 def build_model(args: argparse.Namespace):
     """The untrained model and processor (seeded)."""
     from localize.testing import tiny_llava
 
+    shaded, clutter = _world(args)
     model, processor = tiny_llava(
-        words=shapes.vocabulary(
-            getattr(args, "position_bins", shapes.POSITION_BINS),
-            getattr(args, "shaded", False),
-            getattr(args, "clutter", 0) > 0,
-        ),
+        words=shapes.vocabulary(getattr(args, "position_bins", shapes.POSITION_BINS), shaded, clutter > 0),
         image_size=args.image_size,
         patch_size=args.patch_size,
         vision_hidden=args.vision_hidden,
@@ -119,11 +121,6 @@ def _packed_scenes(step: int, args: argparse.Namespace, split: str = "train") ->
         seed = shapes.scene_seed(split, step * n_images + i)
         out.append((seed, *shapes.sample_scene(seed, difficulty, args.image_size, *_world(args))))
     return out
-
-
-def _world(args: argparse.Namespace) -> tuple[bool, int]:
-    """The world options of a trial: (``shaded``, ``clutter``)."""
-    return getattr(args, "shaded", False), getattr(args, "clutter", 0)
 
 
 def patch_attribute_labels(scenes: list[shapes.Scene], patch_size: int) -> torch.Tensor:
@@ -286,13 +283,14 @@ def make_batch(
         images = [scene.image for scene in drawn]
     else:
         difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
+        shaded, clutter = _world(args)
         data = shapes.ShapesDataset(
             split,
             size=shapes.SPLIT_CAPACITY - 1,
             difficulty=difficulty,
             image_size=args.image_size,
-            shaded=getattr(args, "shaded", False),
-            clutter=getattr(args, "clutter", 0),
+            shaded=shaded,
+            clutter=clutter,
         )
         drawn = [data[step * size + i] for i in range(size)]
         images = [s.image for s in drawn]
