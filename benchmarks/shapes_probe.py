@@ -29,21 +29,25 @@ from benchmarks import shapes
 from benchmarks.metrics import box_iou
 
 
-def load_for_probe(path: str):
-    """A VLM from an alias or model directory, or from a ``train_shapes`` checkpoint (state.json + safetensors)."""
+def trial_settings(path: str) -> dict:
+    """The ``train_shapes`` arguments a checkpoint directory was written with (empty for an alias or model)."""
+    state = Path(path) / "state.json"
+    return json.loads(state.read_text())["args"] if state.exists() else {}
+
+
+def load_for_probe(path: str, settings: dict):
+    """A VLM from an alias or model directory, or from a ``train_shapes`` checkpoint built from its ``settings``."""
     from localize.models import VLM, load_model
 
-    directory = Path(path)
-    if not (directory / "state.json").exists():
+    if not settings:
         return load_model(path, device="cpu", dtype="float32")
     from safetensors.torch import load_file
 
     from benchmarks.train_shapes import build_model
 
-    state = json.loads((directory / "state.json").read_text())
-    model, processor = build_model(argparse.Namespace(**state["args"]))
-    model.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
-    return VLM(model.eval(), processor, spec=str(directory))
+    model, processor = build_model(argparse.Namespace(**settings))
+    model.load_state_dict(load_file(Path(path) / "model.safetensors"), strict=False)
+    return VLM(model.eval(), processor, spec=path)
 
 
 def probe(
@@ -218,10 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    state = Path(args.model) / "state.json"
-    trained = json.loads(state.read_text())["args"] if state.exists() else {}
+    trained = trial_settings(args.model)
     result = probe(
-        load_for_probe(args.model),
+        load_for_probe(args.model, trained),
         args.discover,
         args.test,
         args.top_k,

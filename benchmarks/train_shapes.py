@@ -85,6 +85,7 @@ def build_model(args: argparse.Namespace):
         layers=args.layers,
         heads=args.heads,
         kv_heads=args.heads,
+        head_dim=getattr(args, "head_dim", None),
         intermediate=args.hidden * 2,
         vision_feature_layer=getattr(args, "vision_feature_layer", -1),
         seed=args.seed,
@@ -163,25 +164,68 @@ class PatchAttributeHeads(torch.nn.Module):
         return torch.stack(losses).mean()
 
 
+def _pack_expressions(seed: int, scene: shapes.Scene, expressions: list, args: argparse.Namespace) -> list[str]:
+    """``--pack`` "{expression} {answer} </s>" parts about distinct targets of ``scene`` (repeats when it has
+    fewer objects)."""
+    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
+    rng = np.random.default_rng([seed, scene.difficulty, 23])
+    chosen, targets = [], set()
+    for j in rng.permutation(len(expressions)):
+        if expressions[j].target not in targets:
+            chosen.append(expressions[j])
+            targets.add(expressions[j].target)
+    # Fill up to ``pack`` with repeats of other expressions when the scene has fewer objects.
+    rest = [e for e in expressions if e not in chosen]
+    chosen += [rest[k] for k in rng.permutation(len(rest))[: max(0, args.pack - len(chosen))]]
+    parts = [f"{e.text} {shapes.answer_for(scene.objects[e.target], args.image_size, bins)} </s>" for e in chosen]
+    return parts[: args.pack]
+
+
 def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> tuple[list[shapes.Scene], list[str]]:
     """Scenes and texts of a packed step: ``--pack`` expressions (distinct targets) after each scene's image
     (validation: difficulty 3)."""
     scenes, texts = [], []
-    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     for seed, scene, expressions in _packed_scenes(step, args, split):
-        rng = np.random.default_rng([seed, scene.difficulty, 23])
-        chosen, targets = [], set()
-        for j in rng.permutation(len(expressions)):
-            if expressions[j].target not in targets:
-                chosen.append(expressions[j])
-                targets.add(expressions[j].target)
-        # Fill up to ``pack`` with repeats of other expressions when the scene has fewer objects.
-        rest = [e for e in expressions if e not in chosen]
-        chosen += [rest[k] for k in rng.permutation(len(rest))[: max(0, args.pack - len(chosen))]]
-        parts = [f"{e.text} {shapes.answer_for(scene.objects[e.target], args.image_size, bins)} </s>" for e in chosen]
         scenes.append(scene)
-        texts.append("<image>\n" + " ".join(parts[: args.pack]))
+        texts.append("<image>\n" + " ".join(_pack_expressions(seed, scene, expressions, args)))
     return scenes, texts
+
+
+TEXT_SCENE_OFFSET = 500_000_000  # text scenes use the upper half of each split's seed range, images the lower
+
+
+def scene_description(scene: shapes.Scene, image_size: int, position_bins: int, seed: int) -> str:
+    """A scene in words, its objects in a seeded random order, each as its answer ("x3 y5 big red circle")."""
+    order = np.random.default_rng([seed, 29]).permutation(len(scene.objects))
+    return " ".join(shapes.answer_for(scene.objects[k], image_size, position_bins) for k in order)
+
+
+def make_text_batch(tokenizer, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None):
+    """Inputs and labels of text step ``step`` (``--text-steps``): the scene described in words where the image
+    would be, then ``--pack`` expressions with their answers (labelled, as in :func:`make_batch`). Scenes are at
+    difficulty 3 and disjoint from the image steps'."""
+    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
+    n_scenes = max(1, (size or args.batch_size) // max(1, args.pack))
+    texts, described = [], []
+    for i in range(n_scenes):
+        seed = shapes.scene_seed(split, TEXT_SCENE_OFFSET + step * n_scenes + i)
+        scene, expressions = shapes.sample_scene(seed, 3, args.image_size, *_world(args))
+        description = scene_description(scene, args.image_size, bins, seed)
+        pack = argparse.Namespace(**{**vars(args), "pack": max(1, args.pack)})
+        texts.append(f"{description} \n " + " ".join(_pack_expressions(seed, scene, expressions, pack)))
+        described.append(len(description.split()))
+    inputs = dict(tokenizer(texts, return_tensors="pt", padding=True))
+    labels = torch.full_like(inputs["input_ids"], -100)
+    starts = {f"x{i}" for i in range(bins)} | set(shapes.SHADE_WORDS)
+    for b, text in enumerate(texts):
+        in_answer = False
+        for j, word in enumerate(text.split()[described[b] :]):
+            in_answer = in_answer or word in starts
+            if in_answer:
+                position = 1 + described[b] + j  # after <s> and the description
+                labels[b, position] = inputs["input_ids"][b, position]
+            in_answer = in_answer and word != "</s>"
+    return inputs, labels
 
 
 def _causal_allowed(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -325,20 +369,45 @@ def make_batch(
     return inputs, labels, drawn
 
 
+def _cosine(step: int, steps: int) -> float:
+    """Linear warm-up over a thirtieth of ``steps``, then cosine decay to zero."""
+    return min(1.0, (step + 1) / max(1, steps // 30)) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / steps)))
+
+
+def rate_multipliers(step: int, args: argparse.Namespace) -> tuple[float, float]:
+    """(language model, vision side) learning-rate factors at ``step``: the ``--text-steps`` train the language
+    model alone on their own schedule, the first ``--align-steps`` image steps the vision side alone, then both
+    follow the image steps' schedule (as in a run without text steps)."""
+    image_step = step - getattr(args, "text_steps", 0)
+    if image_step < 0:
+        return _cosine(step, args.text_steps), 0.0
+    rate = _cosine(image_step, args.steps)
+    return (0.0 if image_step < getattr(args, "align_steps", 0) else rate), rate
+
+
 @torch.no_grad()
 def evaluate(
-    model, processor, args: argparse.Namespace, batches: int = 4, isolate: bool = False, query_reads: bool = False
+    model,
+    processor,
+    args: argparse.Namespace,
+    batches: int = 4,
+    isolate: bool = False,
+    query_reads: bool = False,
+    text: bool = False,
 ) -> dict:
     """Answer accuracy on validation scenes (difficulty 3), teacher-forced: exact answers, token accuracy, and the
     accuracy of each answer field (first word, second, ...); ``isolate`` / ``query_reads``: under the isolation /
-    query-reads mask (the training steps')."""
+    query-reads mask (the training steps'); ``text``: on scenes described in words (``--text-steps``)."""
     model.eval()
     correct = exact = total = rows = 0
     field_hits: dict[int, list[bool]] = {}
     for k in range(batches):
-        inputs, labels, _ = make_batch(
-            processor, k, args, split="val", size=32, isolate=isolate, query_reads=query_reads
-        )
+        if text:
+            inputs, labels = make_text_batch(processor.tokenizer, k, args, split="val", size=32)
+        else:
+            inputs, labels, _ = make_batch(
+                processor, k, args, split="val", size=32, isolate=isolate, query_reads=query_reads
+            )
         logits = model(**inputs).logits[:, :-1]
         target = labels[:, 1:]
         hit = (logits.argmax(-1) == target) | (target == -100)
@@ -406,6 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument(
+        "--head-dim",
+        type=int,
+        default=None,
+        help="the language model's per-head width (default hidden / heads; narrower heads can carry less of the "
+        "scene at once)",
+    )
+    parser.add_argument(
         "--position-bins", type=int, default=shapes.POSITION_BINS, help="answer position bins per axis (needs --pack)"
     )
     parser.add_argument(
@@ -454,6 +530,19 @@ def main(argv: list[str] | None = None) -> int:
         help="add WEIGHT x a per-patch loss reading the covering object's colour, shape and size from the features "
         "the projector reads (a stand-in for a pretrained CLIP; needs --pack >= 2)",
     )
+    parser.add_argument(
+        "--text-steps",
+        type=int,
+        default=0,
+        help="first train the language model this many steps on scenes described in words (its 'pretraining'), "
+        "then --steps image steps",
+    )
+    parser.add_argument(
+        "--align-steps",
+        type=int,
+        default=0,
+        help="the first image steps train only the vision tower and projector (LLaVA's alignment stage)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=250)
@@ -466,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--patch-attributes has no size class for --clutter's little objects")
     if args.clutter < 0:
         parser.error("--clutter must be >= 0")
+    if args.text_steps < 0 or not 0 <= args.align_steps < args.steps:
+        parser.error("--text-steps must be >= 0 and --align-steps in [0, --steps)")
 
     from safetensors.torch import load_file, save_file
 
@@ -501,9 +592,10 @@ def main(argv: list[str] | None = None) -> int:
 
         model.model.vision_tower.register_forward_hook(keep_features)
     optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98))
-    warmup = max(1, args.steps // 30)
+    text_steps, total_steps = args.text_steps, args.text_steps + args.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))
+        optimizer,
+        [lambda s: rate_multipliers(s, args)[0]] + [lambda s: rate_multipliers(s, args)[1]] * (len(groups) - 1),
     )
     checkpoint = out / "checkpoint"
     start = 0
@@ -522,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
             "shaded": False,
             "query_reads_probability": 0.0,
             "clutter": 0,
+            "head_dim": None,
+            "text_steps": 0,
+            "align_steps": 0,
             **state["args"],
         }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
@@ -535,11 +630,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resumed at step {start}", flush=True)
     log = (out / "log.jsonl").open("a")
     began = time.time()
-    for step in range(start, args.steps):
-        inputs, labels, drawn = make_batch(processor, step, args)
+    for step in range(start, total_steps):
+        image_step = step - text_steps  # image steps run as in a run without text steps
+        if image_step < 0:
+            inputs, labels = make_text_batch(processor.tokenizer, step, args)
+        else:
+            inputs, labels, drawn = make_batch(processor, image_step, args)
         loss = model(**inputs, labels=labels).loss
         total, extra = loss, {}
-        if patch_heads is not None:
+        if patch_heads is not None and image_step >= 0:
             patch_loss = patch_heads(captured.pop("features"), patch_attribute_labels(drawn, args.patch_size))
             total = loss + args.patch_attributes * patch_loss
             extra["patch_loss"] = round(patch_loss.item(), 4)
@@ -553,22 +652,30 @@ def main(argv: list[str] | None = None) -> int:
             "step": step + 1,
             "loss": round(loss.item(), 4),
             **extra,
-            "difficulty": difficulty_at(step, args.steps, bool(getattr(args, "init", None))),
+            "difficulty": 3 if image_step < 0 else difficulty_at(image_step, args.steps, bool(args.init)),
             "seconds": round(time.time() - began, 1),
         }
-        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            phase = step < args.isolate_image_tokens * args.steps  # the fixed isolation phase, not random draws
-            record.update(evaluate(model, processor, args, isolate=phase))
-            if args.query_reads_probability:
-                masked = evaluate(model, processor, args, query_reads=True)
-                record.update({f"query_reads_{k}": v for k, v in masked.items()})
-            if patch_heads is not None:
+        if image_step < 0:
+            record["phase"] = "text"
+        if (step + 1) % args.eval_every == 0 or step + 1 in (text_steps, total_steps):
+            if image_step < 0:
+                record.update({f"text_{k}": v for k, v in evaluate(model, processor, args, text=True).items()})
+            else:
+                phase = image_step < args.isolate_image_tokens * args.steps  # the fixed phase, not random draws
+                record.update(evaluate(model, processor, args, isolate=phase))
+                if args.query_reads_probability:
+                    masked = evaluate(model, processor, args, query_reads=True)
+                    record.update({f"query_reads_{k}": v for k, v in masked.items()})
+                if text_steps:  # does the text skill survive the image steps?
+                    in_words = evaluate(model, processor, args, batches=2, text=True)
+                    record.update({f"text_{k}": v for k, v in in_words.items()})
+            if patch_heads is not None and image_step >= 0:
                 record.update(patch_attribute_accuracy(model, processor, patch_heads, args))
         log.write(json.dumps(record) + "\n")
         log.flush()
-        if (step + 1) % 25 == 0 or "answer_exact" in record:
+        if (step + 1) % 25 == 0 or "answer_exact" in record or "text_answer_exact" in record:
             print(json.dumps(record), flush=True)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+        if (step + 1) % args.save_every == 0 or step + 1 == total_steps:
             checkpoint.mkdir(exist_ok=True)
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, checkpoint / "model.safetensors")
             torch.save(optimizer.state_dict(), checkpoint / "optimizer.pt")

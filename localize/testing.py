@@ -103,13 +103,15 @@ def tiny_llava(
     layers: int = 4,
     heads: int = 4,
     kv_heads: int = 2,
+    head_dim: int | None = None,
     intermediate: int | None = None,
     pad_to_square: bool = True,
     vision_feature_layer: int = -1,
     seed: int = 0,
 ):
     """A random-weight ``LlavaForConditionalGeneration`` (CLIP tower + Llama LM) and its ``LlavaProcessor``
-    (``vision_feature_layer``: the CLIP hidden state fed to the projector; LLaVA-1.5 uses -2)."""
+    (``vision_feature_layer``: the CLIP hidden state fed to the projector; LLaVA-1.5 uses -2; ``head_dim``: the
+    language model's per-head width, ``hidden // heads`` unless given)."""
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -138,6 +140,7 @@ def tiny_llava(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
+        head_dim=head_dim or hidden // heads,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

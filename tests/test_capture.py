@@ -65,6 +65,20 @@ def test_explicit_query_position(tiny_vlm, noise_image):
         assert (result.dense(tiny_vlm.num_layers, tiny_vlm.num_heads) - ref).abs().max().item() <= TOL
 
 
+def test_head_width_apart_from_hidden_over_heads(noise_image):
+    """Heads narrower than ``hidden / heads`` (LLaVA's 128 of 4096; the shapes trials' 8 of 128) capture exactly."""
+    from localize.models import VLM
+    from localize.testing import tiny_llava
+
+    vlm = VLM(*tiny_llava(hidden=64, heads=8, kv_heads=4, head_dim=4))
+    assert vlm.model.model.language_model.layers[0].self_attn.q_proj.out_features == 32
+    reference, _ = _reference(vlm, [noise_image] * 2, PHRASES)
+    results = vlm.capture(noise_image, PHRASES, reuse_prefix=True)
+    for result, ref in zip(results, reference):
+        assert result.maps.shape[0] == vlm.num_layers * 8
+        assert (result.dense(vlm.num_layers, vlm.num_heads) - ref).abs().max().item() <= TOL
+
+
 def test_left_padding_falls_back_and_stays_exact(tiny_llava_vlm, noise_image):
     tokenizer = tiny_llava_vlm.processor.tokenizer
     tokenizer.padding_side = "left"

@@ -380,3 +380,46 @@ def test_query_reads_mask_leaves_one_route_from_the_image_to_the_answer():
     # On the steps it is not drawn for, the ordinary mask is used.
     plain_args = argparse.Namespace(**{**vars(args), "query_reads_probability": 0.0})
     assert train_shapes.make_batch(processor, 0, plain_args)[0]["attention_mask"].dim() == 2
+
+
+def test_text_steps_describe_the_scene_in_words_and_alignment_holds_the_language_model(tmp_path):
+    """``--text-steps``: the scene in words stands where the image would be, only the answers after it are
+    labelled, and each answer copies its target's description; then ``--align-steps`` image steps move the vision
+    side only, and the image steps draw the same scenes as a run without text steps."""
+    import json
+
+    from benchmarks import train_shapes
+
+    args = _tiny_trial_args(batch_size=4)
+    _, processor = train_shapes.build_model(args)
+    tokenizer = processor.tokenizer
+    inputs, labels = train_shapes.make_text_batch(tokenizer, 1, args)
+    assert not (inputs["input_ids"] == tokenizer.unk_token_id).any()
+    for row, lab in zip(inputs["input_ids"], labels):
+        words = tokenizer.convert_ids_to_tokens(row[row != tokenizer.pad_token_id])[1:]
+        first_expression = words.index("the")
+        objects = [" ".join(words[k : k + 5]) for k in range(0, first_expression, 5)]
+        assert first_expression == 5 * len(objects) and all(o.split()[0].startswith("x") for o in objects)
+        answers = " ".join(tokenizer.convert_ids_to_tokens(lab[lab != -100])).split(" </s>")[:-1]
+        assert len(answers) == 2 and all(a.strip() in objects for a in answers)  # a copy of one described object
+    image_seeds = {seed for step in range(50) for seed, *_ in train_shapes._packed_scenes(step, args)}
+    assert not image_seeds & {shapes.scene_seed("train", train_shapes.TEXT_SCENE_OFFSET + k) for k in range(100)}
+
+    small = [
+        "--batch-size", "4", "--pack", "2", "--image-size", "64", "--vision-hidden", "16", "--hidden", "16",
+        "--layers", "2", "--heads", "2", "--threads", "1", "--save-every", "1", "--eval-every", "100",
+    ]  # fmt: skip
+    timed = _tiny_trial_args(steps=30, text_steps=20, align_steps=5)
+    rates = [train_shapes.rate_multipliers(step, timed) for step in range(50)]
+    assert all(vision == 0 and language > 0 for language, vision in rates[:20])  # text: the LM alone
+    assert all(language == 0 and vision > 0 for language, vision in rates[20:25])  # alignment: the vision side
+    plain = _tiny_trial_args(steps=30)
+    assert rates[25:] == [(train_shapes.rate_multipliers(s, plain)[1],) * 2 for s in range(5, 30)]
+
+    out = tmp_path / "run"
+    assert train_shapes.main(["--out", str(out), "--steps", "2", "--text-steps", "2", *small]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r.get("phase") for r in records] == ["text", "text", None, None]
+    assert "text_answer_exact" in records[1] and {"answer_exact", "text_answer_exact"} <= set(records[3])
+    with pytest.raises(SystemExit):
+        train_shapes.main(["--out", str(tmp_path / "bad"), "--steps", "2", "--align-steps", "2", *small])
