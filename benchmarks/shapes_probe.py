@@ -203,6 +203,51 @@ def probe(
     }
 
 
+@torch.no_grad()
+def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
+    """For a model trained with ``--text-steps``: on validation scenes described in words, how often each head's
+    attention at an expression's last token falls most on the target's description (against chance), and how often
+    the first answer word (the column) is right: whether the language model selects in its attention in words."""
+    from benchmarks import train_shapes
+
+    args = argparse.Namespace(**settings)
+    model, tokenizer = vlm.model, vlm.processor.tokenizer
+    per_object = 6 if args.shaded else 5  # words describing one object: its answer
+    layers, heads = vlm.num_layers, vlm.num_heads
+    hits = np.zeros((layers, heads))
+    chance, first_word_right = [], []
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # attention weights for every head
+    try:
+        for k in range(batches):
+            rows = train_shapes.text_rows(k, args, split="val", size=32)
+            inputs, labels = train_shapes.make_text_batch(tokenizer, k, args, split="val", size=32)
+            out = model(**inputs, output_attentions=True)
+            attention = torch.stack(out.attentions, 1)  # [batch, layers, heads, T, T]
+            for b, (_, described, targets) in enumerate(rows):
+                labelled = (labels[b] != -100).tolist()
+                starts = [t for t in range(1, len(labelled)) if labelled[t] and not labelled[t - 1]]
+                n_objects = described // per_object
+                for start, target in zip(starts, targets):
+                    on_words = attention[b, :, :, start - 1, 1 : 1 + described]  # the query reads the description
+                    per_target = on_words.reshape(layers, heads, n_objects, per_object).sum(-1)
+                    hits += (per_target.argmax(-1) == target).numpy()
+                    chance.append(1.0 / n_objects)
+                    first_word_right.append(bool(out.logits[b, start - 1].argmax() == inputs["input_ids"][b, start]))
+    finally:
+        model.set_attn_implementation(previous)
+    choice = hits / max(1, len(chance))
+    best = np.unravel_index(choice.argmax(), choice.shape)
+    return {
+        "text_object_choice": [[round(float(c), 3) for c in row] for row in choice],
+        "text_best_head": [int(best[0]), int(best[1])],
+        "text_best_object_choice": float(choice.max()),
+        "text_object_choice_chance": float(np.mean(chance)),
+        "text_first_answer_word_acc": float(np.mean(first_word_right)),
+        "text_expressions": len(chance),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the probe's numbers (and write them as JSON)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,13 +263,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="little objects per scene (train_shapes --clutter; default: the checkpoint's)",
     )
+    parser.add_argument(
+        "--text",
+        action="store_true",
+        help="also measure object choice on scenes in words (a checkpoint trained with --text-steps)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     trained = trial_settings(args.model)
+    if args.text and not trained.get("text_steps"):
+        parser.error("--text needs a train_shapes checkpoint trained with --text-steps")
+    vlm = load_for_probe(args.model, trained)
     result = probe(
-        load_for_probe(args.model, trained),
+        vlm,
         args.discover,
         args.test,
         args.top_k,
@@ -232,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         shaded=args.shaded or trained.get("shaded", False),
         clutter=trained.get("clutter", 0) if args.clutter is None else args.clutter,
     )
+    if args.text:
+        result.update(text_object_choice(vlm, trained))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -25,7 +25,12 @@ image tokens, which see only their grid neighbours: the query token must find th
 to read all at once and decode), ``--attention-dropout`` (a head that reads one or two image tokens loses them
 often) and ``--patch-attributes`` (an auxiliary per-patch loss: linear read-outs of the covering object's colour,
 shape and size from the features the projector reads, standing in for a pretrained CLIP whose patches carry their
-object; not text-only, so never used for the shipped model, and the read-outs are not saved with it).
+object; not text-only, so never used for the shipped model, and the read-outs are not saved with it),
+``--head-dim`` (narrower language-model heads, as LLaVA's 128 of 4096), ``--text-steps`` (the language model first
+learns the task on scenes described in words, "x3 y5 big red circle ...", standing where the image will be: its
+own pretraining, as LLaVA's language model arrives pretrained; ``--text-clutter`` adds little objects to those
+scenes only) and ``--align-steps`` (then the first image steps train only the vision tower and projector, LLaVA's
+alignment stage).
 
 Checkpoints (``OUT/checkpoint``: weights as safetensors, optimizer state read back with ``weights_only=True``) are
 written every ``--save-every`` steps; rerunning the same command resumes. The final model and processor are
@@ -69,13 +74,21 @@ def _world(args: argparse.Namespace) -> tuple[bool, int]:
     return getattr(args, "shaded", False), getattr(args, "clutter", 0)
 
 
+def _text_clutter(args: argparse.Namespace) -> int:
+    """Little objects per scene of the ``--text-steps`` (``--text-clutter``, else the world's ``--clutter``)."""
+    text_clutter = getattr(args, "text_clutter", None)
+    return _world(args)[1] if text_clutter is None else text_clutter
+
+
 def build_model(args: argparse.Namespace):
     """The untrained model and processor (seeded)."""
     from localize.testing import tiny_llava
 
     shaded, clutter = _world(args)
     model, processor = tiny_llava(
-        words=shapes.vocabulary(getattr(args, "position_bins", shapes.POSITION_BINS), shaded, clutter > 0),
+        words=shapes.vocabulary(
+            getattr(args, "position_bins", shapes.POSITION_BINS), shaded, clutter > 0 or _text_clutter(args) > 0
+        ),
         image_size=args.image_size,
         patch_size=args.patch_size,
         vision_hidden=args.vision_hidden,
@@ -164,10 +177,8 @@ class PatchAttributeHeads(torch.nn.Module):
         return torch.stack(losses).mean()
 
 
-def _pack_expressions(seed: int, scene: shapes.Scene, expressions: list, args: argparse.Namespace) -> list[str]:
-    """``--pack`` "{expression} {answer} </s>" parts about distinct targets of ``scene`` (repeats when it has
-    fewer objects)."""
-    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
+def _pack_expressions(seed: int, scene: shapes.Scene, expressions: list, pack: int) -> list[shapes.Expression]:
+    """``pack`` expressions about distinct targets of ``scene`` (repeats when it has fewer objects)."""
     rng = np.random.default_rng([seed, scene.difficulty, 23])
     chosen, targets = [], set()
     for j in rng.permutation(len(expressions)):
@@ -176,9 +187,15 @@ def _pack_expressions(seed: int, scene: shapes.Scene, expressions: list, args: a
             targets.add(expressions[j].target)
     # Fill up to ``pack`` with repeats of other expressions when the scene has fewer objects.
     rest = [e for e in expressions if e not in chosen]
-    chosen += [rest[k] for k in rng.permutation(len(rest))[: max(0, args.pack - len(chosen))]]
-    parts = [f"{e.text} {shapes.answer_for(scene.objects[e.target], args.image_size, bins)} </s>" for e in chosen]
-    return parts[: args.pack]
+    chosen += [rest[k] for k in rng.permutation(len(rest))[: max(0, pack - len(chosen))]]
+    return chosen[:pack]
+
+
+def _with_answers(expressions: list[shapes.Expression], scene: shapes.Scene, args: argparse.Namespace) -> str:
+    """ "{expression} {answer} </s>" for each expression, joined."""
+    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
+    answers = [shapes.answer_for(scene.objects[e.target], args.image_size, bins) for e in expressions]
+    return " ".join(f"{e.text} {answer} </s>" for e, answer in zip(expressions, answers))
 
 
 def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> tuple[list[shapes.Scene], list[str]]:
@@ -187,42 +204,45 @@ def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> 
     scenes, texts = [], []
     for seed, scene, expressions in _packed_scenes(step, args, split):
         scenes.append(scene)
-        texts.append("<image>\n" + " ".join(_pack_expressions(seed, scene, expressions, args)))
+        texts.append("<image>\n" + _with_answers(_pack_expressions(seed, scene, expressions, args.pack), scene, args))
     return scenes, texts
 
 
 TEXT_SCENE_OFFSET = 500_000_000  # text scenes use the upper half of each split's seed range, images the lower
 
 
-def scene_description(scene: shapes.Scene, image_size: int, position_bins: int, seed: int) -> str:
-    """A scene in words, its objects in a seeded random order, each as its answer ("x3 y5 big red circle")."""
-    order = np.random.default_rng([seed, 29]).permutation(len(scene.objects))
-    return " ".join(shapes.answer_for(scene.objects[k], image_size, position_bins) for k in order)
+def text_rows(step: int, args: argparse.Namespace, split: str = "train", size: int | None = None) -> list[tuple]:
+    """The rows of text step ``step`` (``--text-steps``), each ``(text, description words, targets)``: the scene
+    described in words where the image would be, then ``--pack`` expressions with their answers; ``targets`` are
+    the described objects (in description order) the expressions refer to. Scenes are at difficulty 3 and disjoint
+    from the image steps'."""
+    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
+    n_scenes = max(1, (size or args.batch_size) // max(1, args.pack))
+    rows = []
+    for i in range(n_scenes):
+        seed = shapes.scene_seed(split, TEXT_SCENE_OFFSET + step * n_scenes + i)
+        scene, expressions = shapes.sample_scene(seed, 3, args.image_size, _world(args)[0], _text_clutter(args))
+        order = [int(k) for k in np.random.default_rng([seed, 29]).permutation(len(scene.objects))]
+        description = " ".join(shapes.answer_for(scene.objects[k], args.image_size, bins) for k in order)
+        chosen = _pack_expressions(seed, scene, expressions, max(1, args.pack))
+        targets = [order.index(e.target) for e in chosen]
+        rows.append((f"{description} \n " + _with_answers(chosen, scene, args), len(description.split()), targets))
+    return rows
 
 
 def make_text_batch(tokenizer, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None):
-    """Inputs and labels of text step ``step`` (``--text-steps``): the scene described in words where the image
-    would be, then ``--pack`` expressions with their answers (labelled, as in :func:`make_batch`). Scenes are at
-    difficulty 3 and disjoint from the image steps'."""
+    """Inputs and labels of text step ``step`` (:func:`text_rows`; answers labelled as in :func:`make_batch`)."""
     bins = getattr(args, "position_bins", shapes.POSITION_BINS)
-    n_scenes = max(1, (size or args.batch_size) // max(1, args.pack))
-    texts, described = [], []
-    for i in range(n_scenes):
-        seed = shapes.scene_seed(split, TEXT_SCENE_OFFSET + step * n_scenes + i)
-        scene, expressions = shapes.sample_scene(seed, 3, args.image_size, *_world(args))
-        description = scene_description(scene, args.image_size, bins, seed)
-        pack = argparse.Namespace(**{**vars(args), "pack": max(1, args.pack)})
-        texts.append(f"{description} \n " + " ".join(_pack_expressions(seed, scene, expressions, pack)))
-        described.append(len(description.split()))
-    inputs = dict(tokenizer(texts, return_tensors="pt", padding=True))
+    rows = text_rows(step, args, split, size)
+    inputs = dict(tokenizer([text for text, _, _ in rows], return_tensors="pt", padding=True))
     labels = torch.full_like(inputs["input_ids"], -100)
     starts = {f"x{i}" for i in range(bins)} | set(shapes.SHADE_WORDS)
-    for b, text in enumerate(texts):
+    for b, (text, described, _) in enumerate(rows):
         in_answer = False
-        for j, word in enumerate(text.split()[described[b] :]):
+        for j, word in enumerate(text.split()[described:]):
             in_answer = in_answer or word in starts
             if in_answer:
-                position = 1 + described[b] + j  # after <s> and the description
+                position = 1 + described + j  # after <s> and the description
                 labels[b, position] = inputs["input_ids"][b, position]
             in_answer = in_answer and word != "</s>"
     return inputs, labels
@@ -538,6 +558,14 @@ def main(argv: list[str] | None = None) -> int:
         "then --steps image steps",
     )
     parser.add_argument(
+        "--text-clutter",
+        type=int,
+        default=None,
+        metavar="N",
+        help="little objects in the text steps' scenes (default: --clutter); words are cheap, so scenes in words can "
+        "hold many more candidates than the images",
+    )
+    parser.add_argument(
         "--align-steps",
         type=int,
         default=0,
@@ -617,6 +645,7 @@ def main(argv: list[str] | None = None) -> int:
             "head_dim": None,
             "text_steps": 0,
             "align_steps": 0,
+            "text_clutter": None,
             **state["args"],
         }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:

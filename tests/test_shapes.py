@@ -423,3 +423,55 @@ def test_text_steps_describe_the_scene_in_words_and_alignment_holds_the_language
     assert "text_answer_exact" in records[1] and {"answer_exact", "text_answer_exact"} <= set(records[3])
     with pytest.raises(SystemExit):
         train_shapes.main(["--out", str(tmp_path / "bad"), "--steps", "2", "--align-steps", "2", *small])
+
+
+def test_text_object_choice_reads_each_heads_attention_at_the_query():
+    """A head whose attention at each expression's last token sits on its target's description scores 1, one
+    reading the first described object scores about chance, and the first answer word's accuracy is the model's."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks import shapes_probe, train_shapes
+
+    args = _tiny_trial_args(text_steps=5, shaded=False, clutter=0, text_clutter=2)
+    _, processor = train_shapes.build_model(args)
+    layers, heads = 2, 2
+
+    class Reader(torch.nn.Module):
+        """Head (1, 0) reads the target's description at every query; all others the first described object."""
+
+        config = SimpleNamespace(_attn_implementation="sdpa")
+
+        def set_attn_implementation(self, name: str) -> None:
+            self.config._attn_implementation = name
+
+        def forward(self, input_ids, attention_mask, output_attentions):
+            assert output_attentions and self.config._attn_implementation == "eager"
+            batch, length = input_ids.shape
+            attention = torch.zeros(batch, heads, length, length)
+            attention[..., 1:6] = 0.2  # the first described object
+            logits = torch.zeros(batch, length, 1 + int(input_ids.max()))
+            logits[:, :-1].scatter_(-1, input_ids[:, 1:, None], 1.0)  # always predicts the next word
+            step = self.calls
+            self.calls += 1
+            for b, (*_, targets) in enumerate(train_shapes.text_rows(step, args, "val", 32)):
+                labelled = [t for t in range(length) if self.labels[step][b, t] != -100]
+                starts = [t for t in labelled if t - 1 not in labelled]
+                for start, target in zip(starts, targets):
+                    attention[b, 0, start - 1] = 0
+                    attention[b, 0, start - 1, 1 + 5 * target : 6 + 5 * target] = 0.2
+            other = attention.clone()
+            other[:, 0] = other[:, 1]
+            return SimpleNamespace(attentions=(other, attention), logits=logits)
+
+    reader = Reader()
+    reader.calls = 0
+    reader.labels = [train_shapes.make_text_batch(processor.tokenizer, k, args, "val", 32)[1] for k in range(2)]
+    vlm = SimpleNamespace(model=reader, processor=processor, num_layers=layers, num_heads=heads)
+    result = shapes_probe.text_object_choice(vlm, vars(args), batches=2)
+    assert reader.config._attn_implementation == "sdpa"  # restored
+    assert result["text_best_head"] == [1, 0] and result["text_best_object_choice"] == 1.0
+    assert result["text_object_choice"][0][0] < 0.5 and result["text_object_choice"][1][1] < 0.5
+    assert 0.1 < result["text_object_choice_chance"] < 0.34 and result["text_first_answer_word_acc"] == 1.0
+    assert result["text_expressions"] == 2 * 16 * 2  # 2 batches x 16 scenes x 2 expressions
