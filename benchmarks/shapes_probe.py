@@ -207,7 +207,8 @@ def probe(
 def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
     """For a model trained with ``--text-steps``: on validation scenes described in words, how often each head's
     attention at an expression's last token falls most on the target's description (against chance), and how often
-    the first answer word (the column) is right: whether the language model selects in its attention in words."""
+    the first answer word (the column; in a shaded world the shade) is right: whether the language model selects in
+    its attention in words."""
     from benchmarks import train_shapes
 
     args = argparse.Namespace(**settings)

@@ -192,7 +192,7 @@ def _pack_expressions(seed: int, scene: shapes.Scene, expressions: list, pack: i
 
 
 def _with_answers(expressions: list[shapes.Expression], scene: shapes.Scene, args: argparse.Namespace) -> str:
-    """ "{expression} {answer} </s>" for each expression, joined."""
+    """Each expression followed by its answer and ``</s>``, all joined by spaces."""
     bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     answers = [shapes.answer_for(scene.objects[e.target], args.image_size, bins) for e in expressions]
     return " ".join(f"{e.text} {answer} </s>" for e, answer in zip(expressions, answers))
