@@ -198,6 +198,19 @@ def _with_answers(expressions: list[shapes.Expression], scene: shapes.Scene, arg
     return " ".join(f"{e.text} {answer} </s>" for e, answer in zip(expressions, answers))
 
 
+def _answer_positions(words: list[str], bins: int) -> list[int]:
+    """Indices of the answer words among ``words``: each answer runs from its first word (the shade word, else the x
+    position) to its ``</s>``."""
+    starts = {f"x{i}" for i in range(bins)} | set(shapes.SHADE_WORDS)
+    positions, in_answer = [], False
+    for j, word in enumerate(words):
+        in_answer = in_answer or word in starts
+        if in_answer:
+            positions.append(j)
+        in_answer = in_answer and word != "</s>"
+    return positions
+
+
 def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> tuple[list[shapes.Scene], list[str]]:
     """Scenes and texts of a packed step: ``--pack`` expressions (distinct targets) after each scene's image
     (validation: difficulty 3)."""
@@ -236,15 +249,10 @@ def make_text_batch(tokenizer, step: int, args: argparse.Namespace, split: str =
     rows = text_rows(step, args, split, size)
     inputs = dict(tokenizer([text for text, _, _ in rows], return_tensors="pt", padding=True))
     labels = torch.full_like(inputs["input_ids"], -100)
-    starts = {f"x{i}" for i in range(bins)} | set(shapes.SHADE_WORDS)
     for b, (text, described, _) in enumerate(rows):
-        in_answer = False
-        for j, word in enumerate(text.split()[described:]):
-            in_answer = in_answer or word in starts
-            if in_answer:
-                position = 1 + described + j  # after <s> and the description
-                labels[b, position] = inputs["input_ids"][b, position]
-            in_answer = in_answer and word != "</s>"
+        for j in _answer_positions(text.split()[described:], bins):
+            position = 1 + described + j  # after <s> and the description
+            labels[b, position] = inputs["input_ids"][b, position]
     return inputs, labels
 
 
@@ -361,21 +369,12 @@ def make_batch(
         texts = [f"<image>\n{s.expression} {s.answer} </s>" for s in drawn]
     inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
     labels = torch.full_like(inputs["input_ids"], -100)
-    # An answer runs from its first word (the shade word, else the x position) to its </s>.
-    starts = {f"x{i}" for i in range(bins)} | set(shapes.SHADE_WORDS)
     tokenizer = processor.tokenizer
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     for b, text in enumerate(texts):
-        words = text.split("\n", 1)[1].split()
         first = int((inputs["input_ids"][b] == image_id).nonzero().max()) + 1  # words follow the image tokens
-        in_answer = False
-        for j, word in enumerate(words):
-            if word in starts:
-                in_answer = True
-            if in_answer:
-                labels[b, first + j] = inputs["input_ids"][b, first + j]
-            if word == "</s>":
-                in_answer = False
+        for j in _answer_positions(text.split("\n", 1)[1].split(), bins):
+            labels[b, first + j] = inputs["input_ids"][b, first + j]
     inputs = dict(inputs)
     if query_reads if query_reads is not None else split == "train" and query_reading(step, args):
         side = args.image_size // args.patch_size
