@@ -32,7 +32,7 @@ rather than making the heads choose (benchmarks/SHAPES_TRIALS.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -367,10 +367,17 @@ def scene_seed(split: str, index: int, seed_offset: int = 0) -> int:
 
 
 def sample_scene(
-    seed: int, difficulty: int, image_size: int, shaded: bool = False, clutter: int = 0, big_referents: bool = False
+    seed: int,
+    difficulty: int,
+    image_size: int,
+    shaded: bool = False,
+    clutter: int = 0,
+    big_referents: bool = False,
+    kinds: Sequence[str] | None = None,
 ) -> tuple[Scene, list[Expression]]:
     """The scene of ``seed`` with its valid expressions (``big_referents``: only those whose target is RefCOCO-sized,
-    not a ``clutter`` object); re-draws (deterministically) a scene with none."""
+    not a ``clutter`` object; ``kinds``: only expressions of those kinds); re-draws (deterministically) a scene with
+    none."""
     attempt = 0
     while True:
         scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded, clutter)
@@ -378,6 +385,8 @@ def sample_scene(
         expressions = scene_expressions(scene)
         if big_referents:
             expressions = [e for e in expressions if scene.objects[e.target].size_class >= 0]
+        if kinds is not None:
+            expressions = [e for e in expressions if e.kind in kinds]
         if expressions:
             return scene, expressions
         attempt += 1

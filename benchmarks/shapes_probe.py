@@ -222,7 +222,7 @@ def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
     try:
         for k in range(batches):
             rows = train_shapes.text_rows(k, args, split="val", size=32)
-            inputs, labels = train_shapes.make_text_batch(tokenizer, k, args, split="val", size=32)
+            inputs, labels = train_shapes.make_text_batch(tokenizer, k, args, rows=rows)
             out = model(**inputs, output_attentions=True)
             attention = torch.stack(out.attentions, 1)  # [batch, layers, heads, T, T]
             for b, (_, described, targets) in enumerate(rows):

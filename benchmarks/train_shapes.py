@@ -29,7 +29,8 @@ object; not text-only, so never used for the shipped model, and the read-outs ar
 ``--head-dim`` (narrower language-model heads, as LLaVA's 128 of 4096), ``--text-steps`` (the language model first
 learns the task on scenes described in words, "x3 y5 big red circle ...", standing where the image will be: its
 own pretraining, as LLaVA's language model arrives pretrained; ``--text-clutter`` adds little objects to those
-scenes only) and ``--align-steps`` (then the first image steps train only the vision tower and projector, LLaVA's
+scenes only; ``--text-order attributes-first`` writes each object's position after its attributes, so the answer
+follows the expression's words as in a copy) and ``--align-steps`` (then the first image steps train only the vision tower and projector, LLaVA's
 alignment stage).
 
 Checkpoints (``OUT/checkpoint``: weights as safetensors, optimizer state read back with ``weights_only=True``) are
@@ -224,29 +225,43 @@ def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> 
 TEXT_SCENE_OFFSET = 500_000_000  # text scenes use the upper half of each split's seed range, images the lower
 
 
+def _described(obj: shapes.ShapeObject, args: argparse.Namespace) -> str:
+    """One object in a text step's scene: its answer's words, or with ``--text-order attributes-first`` the same
+    words with the position last ("tiny green circle x6 y1"), so an expression's words come right before the
+    answer's first word, as in a copy ("induction") pattern."""
+    words = shapes.answer_for(obj, args.image_size, getattr(args, "position_bins", shapes.POSITION_BINS)).split()
+    if getattr(args, "text_order", "positions-first") == "attributes-first":
+        words = words[:-5] + words[-3:] + words[-5:-3]  # (shade) size colour shape, then x y
+    return " ".join(words)
+
+
 def text_rows(step: int, args: argparse.Namespace, split: str = "train", size: int | None = None) -> list[tuple]:
     """The rows of text step ``step`` (``--text-steps``), each ``(text, description words, targets)``: the scene
     described in words where the image would be, then ``--pack`` expressions with their answers; ``targets`` are
     the described objects (in description order) the expressions refer to. Scenes are at difficulty 3 and disjoint
     from the image steps'."""
-    bins = getattr(args, "position_bins", shapes.POSITION_BINS)
     n_scenes = max(1, (size or args.batch_size) // max(1, args.pack))
     rows = []
     for i in range(n_scenes):
         seed = shapes.scene_seed(split, TEXT_SCENE_OFFSET + step * n_scenes + i)
-        scene, expressions = shapes.sample_scene(seed, 3, args.image_size, _world(args)[0], _text_clutter(args))
+        scene, expressions = shapes.sample_scene(
+            seed, 3, args.image_size, _world(args)[0], _text_clutter(args), kinds=getattr(args, "text_kinds", None)
+        )
         order = [int(k) for k in np.random.default_rng([seed, 29]).permutation(len(scene.objects))]
-        description = " ".join(shapes.answer_for(scene.objects[k], args.image_size, bins) for k in order)
+        description = " ".join(_described(scene.objects[k], args) for k in order)
         chosen = _pack_expressions(seed, scene, expressions, max(1, args.pack))
         targets = [order.index(e.target) for e in chosen]
         rows.append((f"{description} \n " + _with_answers(chosen, scene, args), len(description.split()), targets))
     return rows
 
 
-def make_text_batch(tokenizer, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None):
-    """Inputs and labels of text step ``step`` (:func:`text_rows`; answers labelled as in :func:`make_batch`)."""
+def make_text_batch(
+    tokenizer, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None, rows=None
+):
+    """Inputs and labels of text step ``step`` (:func:`text_rows`, or ``rows`` already built from them; answers
+    labelled as in :func:`make_batch`)."""
     bins = getattr(args, "position_bins", shapes.POSITION_BINS)
-    rows = text_rows(step, args, split, size)
+    rows = text_rows(step, args, split, size) if rows is None else rows
     inputs = dict(tokenizer([text for text, _, _ in rows], return_tensors="pt", padding=True))
     labels = torch.full_like(inputs["input_ids"], -100)
     for b, (text, described, _) in enumerate(rows):
@@ -565,6 +580,21 @@ def main(argv: list[str] | None = None) -> int:
         "hold many more candidates than the images",
     )
     parser.add_argument(
+        "--text-order",
+        choices=("positions-first", "attributes-first"),
+        default="positions-first",
+        help="how the text steps describe an object: as its answer (x y size colour shape), or attributes first "
+        "(size colour shape x y)",
+    )
+    parser.add_argument(
+        "--text-kinds",
+        type=lambda value: sorted(value.split(",")),
+        default=None,
+        metavar="KINDS",
+        help="the text steps ask only expressions of these kinds (comma-separated: attribute, superlative, "
+        "relation; a scene with none is drawn again)",
+    )
+    parser.add_argument(
         "--align-steps",
         type=int,
         default=0,
@@ -582,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--patch-attributes has no size class for --clutter's little objects")
     if args.clutter < 0:
         parser.error("--clutter must be >= 0")
+    if args.text_kinds and not set(args.text_kinds) <= {"attribute", "superlative", "relation"}:
+        parser.error(
+            f"--text-kinds: unknown kinds {sorted(set(args.text_kinds) - {'attribute', 'superlative', 'relation'})}"
+        )
     if args.text_steps < 0 or not 0 <= args.align_steps < args.steps:
         parser.error("--text-steps must be >= 0 and --align-steps in [0, --steps)")
 
@@ -645,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
             "text_steps": 0,
             "align_steps": 0,
             "text_clutter": None,
+            "text_order": "positions-first",
+            "text_kinds": None,
             **state["args"],
         }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:

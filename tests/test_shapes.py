@@ -425,6 +425,45 @@ def test_text_steps_describe_the_scene_in_words_and_alignment_holds_the_language
         train_shapes.main(["--out", str(tmp_path / "bad"), "--steps", "2", "--align-steps", "2", *small])
 
 
+def test_text_order_attributes_first_moves_each_objects_position_to_its_end():
+    """``--text-order attributes-first`` describes the same scene with the same words per object, the position
+    moved after the attributes; the answers and their labels do not change."""
+    from benchmarks import train_shapes
+
+    plain, reordered = _tiny_trial_args(batch_size=4), _tiny_trial_args(batch_size=4, text_order="attributes-first")
+    for (text, described, targets), (text2, described2, targets2) in zip(
+        train_shapes.text_rows(3, plain), train_shapes.text_rows(3, reordered)
+    ):
+        words, words2 = text.split(), text2.split()
+        assert (described, targets, words[described:]) == (described2, targets2, words2[described:])
+        for k in range(0, described, 5):
+            x, y, *attributes = words[k : k + 5]
+            assert words2[k : k + 5] == [*attributes, x, y] and x.startswith("x") and y.startswith("y")
+    _, processor = train_shapes.build_model(plain)
+    labels = [train_shapes.make_text_batch(processor.tokenizer, 3, a)[1] for a in (plain, reordered)]
+    assert (labels[0] == labels[1]).all()
+
+
+def test_text_kinds_keep_only_those_expressions():
+    """``--text-kinds attribute`` asks only attribute expressions ("the red circle") in the text steps; an unknown
+    kind is refused."""
+    from benchmarks import train_shapes
+
+    relation_or_superlative = {"above", "below", "left", "right", "leftmost", "rightmost", "topmost", "bottommost"}
+    relation_or_superlative |= {"biggest", "smallest"}
+    plain, attributes = _tiny_trial_args(batch_size=8), _tiny_trial_args(batch_size=8, text_kinds=["attribute"])
+
+    def asked_words(args: argparse.Namespace) -> set[str]:
+        """Every word of the expressions (not the answers) the first text steps ask."""
+        texts = [text for step in range(4) for text, _, _ in train_shapes.text_rows(step, args)]
+        return {w for text in texts for e in text.split("\n")[1].split("</s>")[:-1] for w in e.split()[:-5]}
+
+    plain_words, attribute_words = asked_words(plain), asked_words(attributes)
+    assert plain_words & relation_or_superlative and not attribute_words & relation_or_superlative
+    with pytest.raises(SystemExit):
+        train_shapes.main(["--out", "unused", "--text-kinds", "attribute,colour"])
+
+
 def test_text_object_choice_reads_each_heads_attention_at_the_query():
     """A head whose attention at each expression's last token sits on its target's description scores 1, one
     reading the first described object scores about chance, and the first answer word's accuracy is the model's."""
