@@ -515,24 +515,25 @@ def main(argv: list[str] | None = None) -> int:
         help="the language model's per-head width (default hidden / heads; narrower heads can carry less of the "
         "scene at once)",
     )
-    parser.add_argument(
+    trial = parser.add_argument_group("trial options", "benchmarks/SHAPES_TRIALS.md; all off by default")
+    trial.add_argument(
         "--position-bins", type=int, default=shapes.POSITION_BINS, help="answer position bins per axis (needs --pack)"
     )
-    parser.add_argument(
+    trial.add_argument(
         "--isolate-image-tokens",
         type=float,
         default=0.0,
         metavar="FRACTION",
         help="for this fraction of the steps, image tokens attend to no other image token in the language model",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--isolate-probability",
         type=float,
         default=0.0,
         metavar="P",
         help="isolate image tokens (as --isolate-image-tokens) on a random share P of all steps",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--query-reads-probability",
         type=float,
         default=0.0,
@@ -540,12 +541,12 @@ def main(argv: list[str] | None = None) -> int:
         help="on a random share P of the steps only the positions that predict answer words read image tokens, and "
         "an image token sees only its 3 x 3 neighbourhood (on those steps it replaces --isolate-*)",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--shaded",
         action="store_true",
         help="a shaded world: objects carry a noisy brightness texture whose class the answer names first",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--clutter",
         type=int,
         default=0,
@@ -553,10 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         help="a cluttered world: up to N little objects beside the RefCOCO-sized ones (packed steps refer to any "
         "object, unpacked ones, like the benchmarks, to RefCOCO-sized ones)",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--attention-dropout", type=float, default=0.0, help="attention dropout in the language model while training"
     )
-    parser.add_argument(
+    trial.add_argument(
         "--patch-attributes",
         type=float,
         default=0.0,
@@ -564,14 +565,14 @@ def main(argv: list[str] | None = None) -> int:
         help="add WEIGHT x a per-patch loss reading the covering object's colour, shape and size from the features "
         "the projector reads (a stand-in for a pretrained CLIP; needs --pack >= 2)",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--text-steps",
         type=int,
         default=0,
         help="first train the language model this many steps on scenes described in words (its 'pretraining'), "
         "then --steps image steps",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--text-clutter",
         type=int,
         default=None,
@@ -579,14 +580,14 @@ def main(argv: list[str] | None = None) -> int:
         help="little objects in the text steps' scenes (default: --clutter); words are cheap, so scenes in words can "
         "hold many more candidates than the images",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--text-order",
         choices=("positions-first", "attributes-first"),
         default="positions-first",
         help="how the text steps describe an object: as its answer (x y size colour shape), or attributes first "
         "(size colour shape x y)",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--text-kinds",
         type=lambda value: sorted(value.split(",")),
         default=None,
@@ -594,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the text steps ask only expressions of these kinds (comma-separated: attribute, superlative, "
         "relation; a scene with none is drawn again)",
     )
-    parser.add_argument(
+    trial.add_argument(
         "--align-steps",
         type=int,
         default=0,
