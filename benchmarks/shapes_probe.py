@@ -206,7 +206,9 @@ def probe(
 @torch.no_grad()
 def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
     """For a model trained with ``--text-steps``: on validation scenes described in words, how often each head's
-    attention at an expression's last token falls most on the target's description (against chance), and how often
+    attention at an expression's last token falls most on the target's description (against chance), the best such
+    head's target preference (median over expressions of its attention on the target's words over the mean on
+    another object's), and how often
     the first answer word (the column; in a shaded world the shade) is right: whether the language model selects in
     its attention in words."""
     from benchmarks import train_shapes
@@ -216,7 +218,7 @@ def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
     per_object = 6 if args.shaded else 5  # words describing one object: its answer
     layers, heads = vlm.num_layers, vlm.num_heads
     hits = np.zeros((layers, heads))
-    chance, first_word_right = [], []
+    chance, first_word_right, preferences = [], [], []
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")  # attention weights for every head
     try:
@@ -233,17 +235,21 @@ def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
                     on_words = attention[b, :, :, start - 1, 1 : 1 + described]  # the query reads the description
                     per_target = on_words.reshape(layers, heads, n_objects, per_object).sum(-1)
                     hits += (per_target.argmax(-1) == target).numpy()
+                    others = (per_target.sum(-1) - per_target[..., target]) / max(1, n_objects - 1)
+                    preferences.append((per_target[..., target] / others.clamp_min(1e-9)).numpy())
                     chance.append(1.0 / n_objects)
                     first_word_right.append(bool(out.logits[b, start - 1].argmax() == inputs["input_ids"][b, start]))
     finally:
         model.set_attn_implementation(previous)
     choice = hits / max(1, len(chance))
     best = np.unravel_index(choice.argmax(), choice.shape)
+    preference = np.median(np.stack(preferences), 0) if preferences else np.zeros((layers, heads))
     return {
         "text_object_choice": [[round(float(c), 3) for c in row] for row in choice],
         "text_best_head": [int(best[0]), int(best[1])],
         "text_best_object_choice": float(choice.max()),
         "text_object_choice_chance": float(np.mean(chance)),
+        "text_best_head_target_preference": float(preference[best]),
         "text_first_answer_word_acc": float(np.mean(first_word_right)),
         "text_expressions": len(chance),
     }

@@ -511,6 +511,7 @@ def test_text_object_choice_reads_each_heads_attention_at_the_query():
     result = shapes_probe.text_object_choice(vlm, vars(args), batches=2)
     assert reader.config._attn_implementation == "sdpa"  # restored
     assert result["text_best_head"] == [1, 0] and result["text_best_object_choice"] == 1.0
+    assert result["text_best_head_target_preference"] > 1e6  # it reads nothing but the target
     assert result["text_object_choice"][0][0] < 0.5 and result["text_object_choice"][1][1] < 0.5
     assert 0.1 < result["text_object_choice_chance"] < 0.34 and result["text_first_answer_word_acc"] == 1.0
     assert result["text_expressions"] == 2 * 16 * 2  # 2 batches x 16 scenes x 2 expressions
