@@ -66,6 +66,8 @@ DEFAULT_IMAGE_SIZE = 128
 SPLIT_BASES: dict[str, int] = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
 SPLIT_CAPACITY = 1_000_000_000
 RELATIONS: tuple[str, ...] = ("above", "below", "left of", "right of")
+# Expression kinds, each with the lowest difficulty that asks it.
+KIND_DIFFICULTY: dict[str, int] = {"attribute": 1, "superlative": 2, "relation": 3}
 SUPERLATIVES: tuple[str, ...] = ("leftmost", "rightmost", "topmost", "bottommost", "biggest", "smallest")
 
 
@@ -378,6 +380,8 @@ def sample_scene(
     """The scene of ``seed`` with its valid expressions (``big_referents``: only those whose target is RefCOCO-sized,
     not a ``clutter`` object; ``kinds``: only expressions of those kinds); re-draws (deterministically) a scene with
     none."""
+    if kinds is not None and not any(KIND_DIFFICULTY.get(kind, 99) <= difficulty for kind in kinds):
+        raise ValueError(f"difficulty {difficulty} asks none of the kinds {list(kinds)} (see KIND_DIFFICULTY)")
     attempt = 0
     while True:
         scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded, clutter)

@@ -30,8 +30,8 @@ object; not text-only, so never used for the shipped model, and the read-outs ar
 learns the task on scenes described in words, "x3 y5 big red circle ...", standing where the image will be: its
 own pretraining, as LLaVA's language model arrives pretrained; ``--text-clutter`` adds little objects to those
 scenes only; ``--text-order attributes-first`` writes each object's position after its attributes, so the answer
-follows the expression's words as in a copy) and ``--align-steps`` (then the first image steps train only the vision tower and projector, LLaVA's
-alignment stage).
+follows the expression's words as in a copy; ``--text-kinds`` asks only some kinds of expression) and
+``--align-steps`` (then the first image steps train only the vision tower and projector, LLaVA's alignment stage).
 
 Checkpoints (``OUT/checkpoint``: weights as safetensors, optimizer state read back with ``weights_only=True``) are
 written every ``--save-every`` steps; rerunning the same command resumes. The final model and processor are
@@ -256,7 +256,12 @@ def text_rows(step: int, args: argparse.Namespace, split: str = "train", size: i
 
 
 def make_text_batch(
-    tokenizer, step: int, args: argparse.Namespace, split: str = "train", size: int | None = None, rows=None
+    tokenizer,
+    step: int,
+    args: argparse.Namespace,
+    split: str = "train",
+    size: int | None = None,
+    rows: list[tuple] | None = None,
 ):
     """Inputs and labels of text step ``step`` (:func:`text_rows`, or ``rows`` already built from them; answers
     labelled as in :func:`make_batch`)."""
@@ -613,10 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--patch-attributes has no size class for --clutter's little objects")
     if args.clutter < 0:
         parser.error("--clutter must be >= 0")
-    if args.text_kinds and not set(args.text_kinds) <= {"attribute", "superlative", "relation"}:
-        parser.error(
-            f"--text-kinds: unknown kinds {sorted(set(args.text_kinds) - {'attribute', 'superlative', 'relation'})}"
-        )
+    if args.text_kinds and not set(args.text_kinds) <= set(shapes.KIND_DIFFICULTY):
+        parser.error(f"--text-kinds: unknown kinds {sorted(set(args.text_kinds) - set(shapes.KIND_DIFFICULTY))}")
     if args.text_steps < 0 or not 0 <= args.align_steps < args.steps:
         parser.error("--text-steps must be >= 0 and --align-steps in [0, --steps)")
 

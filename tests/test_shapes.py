@@ -462,6 +462,8 @@ def test_text_kinds_keep_only_those_expressions():
     assert plain_words & relation_or_superlative and not attribute_words & relation_or_superlative
     with pytest.raises(SystemExit):
         train_shapes.main(["--out", "unused", "--text-kinds", "attribute,colour"])
+    with pytest.raises(ValueError, match="asks none"):
+        shapes.sample_scene(0, 1, 64, kinds=["relation"])  # relations start at difficulty 3
 
 
 def test_text_object_choice_reads_each_heads_attention_at_the_query():
