@@ -283,7 +283,7 @@ def scene_expressions(scene: Scene) -> list[Expression]:
         for words, pred in _descriptions(obj):
             if sum(pred(o) for o in objs) == 1:
                 add(f"the {words}", i, "attribute")
-    if scene.difficulty >= 2:
+    if scene.difficulty >= KIND_DIFFICULTY["superlative"]:
         keys = {
             "leftmost": lambda o: o.center[0],
             "rightmost": lambda o: -o.center[0],
@@ -305,7 +305,7 @@ def scene_expressions(scene: Scene) -> list[Expression]:
                     add(f"the biggest {words}", i, "superlative")
                 if classes[0][1] == i and classes[0][0] < classes[1][0]:
                     add(f"the smallest {words}", i, "superlative")
-    if scene.difficulty >= 3:
+    if scene.difficulty >= KIND_DIFFICULTY["relation"]:
         for k, anchor in enumerate(objs):
             anchor_words = f"{anchor.color} {anchor.shape}"
             if sum(o.color == anchor.color and o.shape == anchor.shape for o in objs) != 1:

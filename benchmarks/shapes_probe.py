@@ -208,9 +208,8 @@ def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
     """For a model trained with ``--text-steps``: on validation scenes described in words, how often each head's
     attention at an expression's last token falls most on the target's description (against chance), the best such
     head's target preference (median over expressions of its attention on the target's words over the mean on
-    another object's), and how often
-    the first answer word (the column; in a shaded world the shade) is right: whether the language model selects in
-    its attention in words."""
+    another object's), and how often the first answer word (the column; in a shaded world the shade) is right:
+    whether the language model selects in its attention in words."""
     from benchmarks import train_shapes
 
     args = argparse.Namespace(**settings)
