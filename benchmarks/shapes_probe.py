@@ -214,7 +214,7 @@ def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
 
     args = argparse.Namespace(**settings)
     model, tokenizer = vlm.model, vlm.processor.tokenizer
-    per_object = 6 if args.shaded else 5  # words describing one object: its answer
+    per_object = train_shapes.words_per_object(args)
     layers, heads = vlm.num_layers, vlm.num_heads
     hits = np.zeros((layers, heads))
     chance, first_word_right, preferences = [], [], []
@@ -229,7 +229,9 @@ def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
             for b, (_, described, targets) in enumerate(rows):
                 labelled = (labels[b] != -100).tolist()
                 starts = [t for t in range(1, len(labelled)) if labelled[t] and not labelled[t - 1]]
-                n_objects = described // per_object
+                n_objects, rest = divmod(described, per_object)
+                if rest:
+                    raise ValueError(f"a description of {described} words is not {per_object} words per object")
                 for start, target in zip(starts, targets):
                     on_words = attention[b, :, :, start - 1, 1 : 1 + described]  # the query reads the description
                     per_target = on_words.reshape(layers, heads, n_objects, per_object).sum(-1)
@@ -272,15 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--text",
         action="store_true",
-        help="also measure object choice on scenes in words (a checkpoint trained with --text-steps)",
+        help="also measure object choice on scenes in words (a train_shapes checkpoint; meaningful after --text-steps or --text-mix)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     trained = trial_settings(args.model)
-    if args.text and not trained.get("text_steps"):
-        parser.error("--text needs a train_shapes checkpoint trained with --text-steps")
+    if args.text and not trained:
+        parser.error("--text needs a train_shapes checkpoint (its settings describe the scenes in words)")
     vlm = load_for_probe(args.model, trained)
     result = probe(
         vlm,

@@ -128,13 +128,15 @@ def difficulty_at(step: int, steps: int, warm: bool = False) -> int:
 
 
 def _packed_scenes(step: int, args: argparse.Namespace, split: str = "train") -> list[tuple[int, shapes.Scene, list]]:
-    """The (seed, scene, expressions) of each image of a packed step (validation: difficulty 3)."""
+    """The (seed, scene, expressions) of each image of a packed step (validation: difficulty 3, every kind;
+    training: the kinds ``--image-kinds`` names)."""
     n_images = max(1, args.batch_size // args.pack)
     difficulty = difficulty_at(step, args.steps, bool(getattr(args, "init", None))) if split == "train" else 3
+    kinds = getattr(args, "image_kinds", None) if split == "train" else None
     out = []
     for i in range(n_images):
         seed = shapes.scene_seed(split, step * n_images + i)
-        out.append((seed, *shapes.sample_scene(seed, difficulty, args.image_size, *_world(args))))
+        out.append((seed, *shapes.sample_scene(seed, difficulty, args.image_size, *_world(args), kinds=kinds)))
     return out
 
 
@@ -223,6 +225,7 @@ def _packed_texts(step: int, args: argparse.Namespace, split: str = "train") -> 
 
 
 TEXT_SCENE_OFFSET = 500_000_000  # text scenes use the upper half of each split's seed range, images the lower
+TEXT_MIX_OFFSET = 10_000_000  # --text-mix steps draw their scenes from here on, after any text stage's
 
 
 def _described(obj: shapes.ShapeObject, args: argparse.Namespace) -> str:
@@ -233,6 +236,12 @@ def _described(obj: shapes.ShapeObject, args: argparse.Namespace) -> str:
     if getattr(args, "text_order", "positions-first") == "attributes-first":
         words = words[:-5] + words[-3:] + words[-5:-3]  # (shade) size colour shape, then x y
     return " ".join(words)
+
+
+def words_per_object(args: argparse.Namespace) -> int:
+    """How many words :func:`_described` spends on one object (the same for every object of a world)."""
+    scene, _ = shapes.sample_scene(shapes.scene_seed("val", 0), 1, args.image_size, _world(args)[0])
+    return len(_described(scene.objects[0], args).split())
 
 
 def text_rows(step: int, args: argparse.Namespace, split: str = "train", size: int | None = None) -> list[tuple]:
@@ -340,6 +349,14 @@ def query_reading(step: int, args: argparse.Namespace) -> bool:
     """Whether training step ``step`` uses :func:`query_reads_mask` (a draw deterministic in the step under
     ``--query-reads-probability``)."""
     return _drawn(step, args, getattr(args, "query_reads_probability", 0.0), stream=43)
+
+
+def text_mixed(image_step: int, args: argparse.Namespace) -> bool:
+    """Whether image step ``image_step`` also trains on a text step (``--text-mix``; never while the language
+    model is held for alignment)."""
+    if image_step < getattr(args, "align_steps", 0):
+        return False
+    return _drawn(image_step, args, getattr(args, "text_mix", 0.0), stream=47)
 
 
 def isolating(step: int, args: argparse.Namespace) -> bool:
@@ -601,6 +618,22 @@ def main(argv: list[str] | None = None) -> int:
         "relation; a scene with none is drawn again)",
     )
     trial.add_argument(
+        "--image-kinds",
+        type=lambda value: sorted(value.split(",")),
+        default=None,
+        metavar="KINDS",
+        help="the image training steps ask only expressions of these kinds (as --text-kinds; validation asks every "
+        "kind; needs --pack >= 2)",
+    )
+    trial.add_argument(
+        "--text-mix",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="on a random share P of the image steps after alignment, add the loss of a text step (fresh scenes in "
+        "words, as --text-* describe them), so the language model keeps its text skill as the images train",
+    )
+    trial.add_argument(
         "--align-steps",
         type=int,
         default=0,
@@ -618,10 +651,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--patch-attributes has no size class for --clutter's little objects")
     if args.clutter < 0:
         parser.error("--clutter must be >= 0")
-    if args.text_kinds and not set(args.text_kinds) <= set(shapes.KIND_DIFFICULTY):
-        parser.error(f"--text-kinds: unknown kinds {sorted(set(args.text_kinds) - set(shapes.KIND_DIFFICULTY))}")
-    if args.text_steps < 0 or not 0 <= args.align_steps < args.steps:
-        parser.error("--text-steps must be >= 0 and --align-steps in [0, --steps)")
+    for option, kinds in (("--text-kinds", args.text_kinds), ("--image-kinds", args.image_kinds)):
+        if kinds and not set(kinds) <= set(shapes.KIND_DIFFICULTY):
+            parser.error(f"{option}: unknown kinds {sorted(set(kinds) - set(shapes.KIND_DIFFICULTY))}")
+    if args.image_kinds and args.pack < 2:
+        parser.error("--image-kinds needs --pack >= 2 (expressions are drawn per scene)")
+    if not 0.0 <= args.text_mix <= 1.0:
+        parser.error("--text-mix must be in [0, 1]")
+    if args.text_steps < 0 or not 0 <= args.align_steps <= args.steps:
+        parser.error("--text-steps must be >= 0 and --align-steps in [0, --steps] (all: an alignment-only run)")
 
     from safetensors.torch import load_file, save_file
 
@@ -685,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
             "text_clutter": None,
             "text_order": "positions-first",
             "text_kinds": None,
+            "image_kinds": None,
+            "text_mix": 0.0,
             **state["args"],
         }
         if saved_args != {k: v for k, v in vars(args).items() if k not in ("threads",)}:
@@ -710,6 +750,11 @@ def main(argv: list[str] | None = None) -> int:
             patch_loss = patch_heads(captured.pop("features"), patch_attribute_labels(drawn, args.patch_size))
             total = loss + args.patch_attributes * patch_loss
             extra["patch_loss"] = round(patch_loss.item(), 4)
+        if image_step >= 0 and text_mixed(image_step, args):
+            text_inputs, text_labels = make_text_batch(processor.tokenizer, TEXT_MIX_OFFSET + image_step, args)
+            text_loss = model(**text_inputs, labels=text_labels).loss
+            total = total + text_loss
+            extra["text_loss"] = round(text_loss.item(), 4)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         trained = [*model.parameters(), *(patch_heads.parameters() if patch_heads is not None else ())]
@@ -734,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.query_reads_probability:
                     masked = evaluate(model, processor, args, query_reads=True)
                     record.update({f"query_reads_{k}": v for k, v in masked.items()})
-                if text_steps:  # does the text skill survive the image steps?
+                if text_steps or args.text_mix:  # does the text skill survive the image steps?
                     in_words = evaluate(model, processor, args, batches=2, text=True)
                     record.update({f"text_{k}": v for k, v in in_words.items()})
             if patch_heads is not None and image_step >= 0:

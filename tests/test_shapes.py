@@ -422,7 +422,7 @@ def test_text_steps_describe_the_scene_in_words_and_alignment_holds_the_language
     assert [r.get("phase") for r in records] == ["text", "text", None, None]
     assert "text_answer_exact" in records[1] and {"answer_exact", "text_answer_exact"} <= set(records[3])
     with pytest.raises(SystemExit):
-        train_shapes.main(["--out", str(tmp_path / "bad"), "--steps", "2", "--align-steps", "2", *small])
+        train_shapes.main(["--out", str(tmp_path / "bad"), "--steps", "2", "--align-steps", "3", *small])
 
 
 def test_text_order_attributes_first_moves_each_objects_position_to_its_end():
@@ -439,6 +439,8 @@ def test_text_order_attributes_first_moves_each_objects_position_to_its_end():
         for k in range(0, described, 5):
             x, y, *attributes = words[k : k + 5]
             assert words2[k : k + 5] == [*attributes, x, y] and x.startswith("x") and y.startswith("y")
+    assert train_shapes.words_per_object(plain) == train_shapes.words_per_object(reordered) == 5
+    assert train_shapes.words_per_object(_tiny_trial_args(shaded=True)) == 6  # the shade word first
     _, processor = train_shapes.build_model(plain)
     labels = [train_shapes.make_text_batch(processor.tokenizer, 3, a)[1] for a in (plain, reordered)]
     assert (labels[0] == labels[1]).all()
@@ -464,6 +466,42 @@ def test_text_kinds_keep_only_those_expressions():
         train_shapes.main(["--out", "unused", "--text-kinds", "attribute,colour"])
     with pytest.raises(ValueError, match="asks none"):
         shapes.sample_scene(0, 1, 64, kinds=["relation"])  # relations start at difficulty 3
+
+
+def test_image_kinds_and_text_mix(tmp_path):
+    """``--image-kinds`` restricts the image training steps' expressions (validation keeps every kind);
+    ``--text-mix P`` adds a text step's loss to about a share P of the image steps after alignment, on scenes no
+    text stage draws."""
+    import json
+
+    from benchmarks import train_shapes
+
+    def asked(args: argparse.Namespace, split: str) -> set[str]:
+        return {
+            e.kind for step in range(6) for _, _, exprs in train_shapes._packed_scenes(step, args, split) for e in exprs
+        }
+
+    plain, attributes = _tiny_trial_args(batch_size=8), _tiny_trial_args(batch_size=8, image_kinds=["attribute"])
+    assert asked(plain, "train") > {"attribute"} and asked(attributes, "train") == {"attribute"}
+    assert asked(attributes, "val") == asked(plain, "val") > {"attribute"}
+
+    mixed = _tiny_trial_args(steps=400, align_steps=100, text_mix=0.25)
+    draws = [train_shapes.text_mixed(step, mixed) for step in range(400)]
+    assert not any(draws[:100]) and 0.15 < sum(draws[100:]) / 300 < 0.35
+    assert not any(train_shapes.text_mixed(step, _tiny_trial_args(steps=400)) for step in range(400))
+
+    small = [
+        "--batch-size", "4", "--pack", "2", "--image-size", "64", "--vision-hidden", "16", "--hidden", "16",
+        "--layers", "2", "--heads", "2", "--threads", "1", "--save-every", "1", "--eval-every", "100",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    argv = ["--out", str(out), "--steps", "3", "--align-steps", "1", "--text-mix", "1", *small]
+    assert train_shapes.main([*argv, "--image-kinds", "attribute"]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert ["text_loss" in r for r in records] == [False, True, True]
+    for bad in (["--text-mix", "1.5"], ["--image-kinds", "colour"], ["--image-kinds", "attribute", "--pack", "1"]):
+        with pytest.raises(SystemExit):
+            train_shapes.main(["--out", str(tmp_path / "bad"), *bad])
 
 
 def test_text_object_choice_reads_each_heads_attention_at_the_query():
