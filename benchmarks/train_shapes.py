@@ -506,6 +506,15 @@ def patch_attribute_accuracy(
     return result
 
 
+def _kinds(value: str) -> list[str]:
+    """A comma-separated list of expression kinds (``--text-kinds`` / ``--image-kinds``), sorted."""
+    kinds = sorted(value.split(","))
+    unknown = sorted(set(kinds) - set(shapes.KIND_DIFFICULTY))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kinds {unknown}; expected some of {sorted(shapes.KIND_DIFFICULTY)}")
+    return kinds
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume) and save the model."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -611,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     trial.add_argument(
         "--text-kinds",
-        type=lambda value: sorted(value.split(",")),
+        type=_kinds,
         default=None,
         metavar="KINDS",
         help="the text steps ask only expressions of these kinds (comma-separated: attribute, superlative, "
@@ -619,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     trial.add_argument(
         "--image-kinds",
-        type=lambda value: sorted(value.split(",")),
+        type=_kinds,
         default=None,
         metavar="KINDS",
         help="the image training steps ask only expressions of these kinds (as --text-kinds; validation asks every "
@@ -651,9 +660,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--patch-attributes has no size class for --clutter's little objects")
     if args.clutter < 0:
         parser.error("--clutter must be >= 0")
-    for option, kinds in (("--text-kinds", args.text_kinds), ("--image-kinds", args.image_kinds)):
-        if kinds and not set(kinds) <= set(shapes.KIND_DIFFICULTY):
-            parser.error(f"{option}: unknown kinds {sorted(set(kinds) - set(shapes.KIND_DIFFICULTY))}")
     if args.image_kinds and args.pack < 2:
         parser.error("--image-kinds needs --pack >= 2 (expressions are drawn per scene)")
     if not 0.0 <= args.text_mix <= 1.0:
