@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--text",
         action="store_true",
-        help="also measure object choice on scenes in words (a train_shapes checkpoint; meaningful after --text-steps or --text-mix)",
+        help="also measure object choice on scenes in words (a train_shapes checkpoint; meaningful after "
+        "--text-steps or --text-mix)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
