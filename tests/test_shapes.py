@@ -415,6 +415,9 @@ def test_text_steps_describe_the_scene_in_words_and_alignment_holds_the_language
     assert all(language == 0 and vision > 0 for language, vision in rates[20:25])  # alignment: the vision side
     plain = _tiny_trial_args(steps=30)
     assert rates[25:] == [(train_shapes.rate_multipliers(s, plain)[1],) * 2 for s in range(5, 30)]
+    aligning_only = _tiny_trial_args(steps=30, align_steps=30)  # --align-steps = --steps: the LM never moves
+    assert all(train_shapes.rate_multipliers(s, aligning_only)[0] == 0 for s in range(30))
+    assert all(train_shapes.rate_multipliers(s, aligning_only)[1] > 0 for s in range(29))
 
     out = tmp_path / "run"
     assert train_shapes.main(["--out", str(out), "--steps", "2", "--text-steps", "2", *small]) == 0
