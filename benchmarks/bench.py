@@ -53,6 +53,7 @@ from localize.files import atomic_write_text
 from localize.postprocess import mask_to_rle, rle_to_mask
 
 from .metrics import RecAccumulator, ResAccumulator, box_iou, mask_intersection_union
+from .paper_results import paper_table_rows
 
 MANIFEST_FORMAT = 1
 TASKS = ("rec", "res", "answer")
@@ -881,7 +882,8 @@ def format_summary_md(summary: dict) -> str:
         if task not in summary["tasks"]:
             continue
         lines += [f"## {heading}", ""]
-        lines += _table(columns, [(name, [_percent(by_key[c][metric]) for c in columns])])
+        rows = [(name, [_percent(by_key[c][metric]) for c in columns])]
+        lines += _table(columns, rows + paper_table_rows(summary["model"], metric, columns))  # the paper's, if any
         lines.append("")
     lines += ["## Samples", ""]
     lines += _table(columns, [("expressions scored", [str(by_key[c]["n"]) for c in columns])])
@@ -1020,6 +1022,7 @@ def format_compare(result: dict) -> str:
             (base, [_percent(s[metric]["base"]) for s in result["splits"]]),
             (ft, [_percent(s[metric]["ft"]) for s in result["splits"]]),
             ("delta (points)", [_signed(s[metric]["delta"]) for s in result["splits"]]),
+            *paper_table_rows(result["base"]["model"], metric, columns),
         ]
         lines += [*_table(columns, rows), ""]
     lines.append(

@@ -40,7 +40,11 @@ from localize.errors import DataError, HeadsMismatchError, InputError, LocalizeE
 from .headsfile import HeadsFile, format_head, load_heads, save_heads, validate_heads
 from .registry import PUBLISHED, published_entry
 from .scoring import (
+    TAU_METHODS,
+    TIE_RULES,
+    WEIGHTINGS,
     attention_sum,
+    check_weighting,
     finite_mean,
     max_curvature_threshold,
     pseudo_mask_iou,
@@ -102,7 +106,7 @@ class DiscoveryResult:
         out = Path(out)
         figures = figure_paths(out)
         save_heads(out, hf)
-        plot_sum_curve(hf.mean_sum, hf.tau, figures["sum_curve"])
+        plot_sum_curve(hf.mean_sum, hf.tau, figures["sum_curve"], hf.settings.get("tau_method") or "given")
         plot_frequency_bars(np.nan_to_num(hf.frequency, nan=0.0), figures["frequency"])
         iou = hf.mean_iou if hf.mean_iou is not None else np.full_like(hf.frequency, np.nan)
         plot_rank_iou(np.nan_to_num(hf.frequency, nan=0.0), iou, self.rho, figures["rank_iou"], MIN_FREQUENCY)
@@ -368,6 +372,8 @@ def _aggregate(
     mode: str,
     seed: int | None,
     settings: dict[str, Any],
+    tau_method: str = "chord",
+    tie: Any = "mean-entropy",
 ) -> DiscoveryResult:
     """tau, votes, frequency, top-k, mean IoU and rho from the per-sample records, in the samples' order."""
     num_layers, num_heads, skip = header["num_layers"], header["num_heads"], header["skip_layers"]
@@ -392,9 +398,11 @@ def _aggregate(
         return out
 
     mean_sum = sums.mean(axis=0)
-    tau_value = float(tau) if tau is not None else max_curvature_threshold(mean_sum)
+    tau_value = float(tau) if tau is not None else max_curvature_threshold(mean_sum, tau_method)
     counts = np.zeros((num_layers, num_heads), dtype=np.int64)
-    counts[skip:] = select_heads(entropy, sums, tau_value, per_sample=per_sample, criterion=criterion, mode=mode)
+    counts[skip:] = select_heads(
+        entropy, sums, tau_value, per_sample=per_sample, criterion=criterion, mode=mode, tie=tie
+    )
     frequency = full(counts[skip:] / n)
     mean_entropy = full(finite_mean(entropy))
     mean_iou = full(finite_mean(iou)) if with_mask else None
@@ -451,7 +459,9 @@ def _aggregate(
             "per_sample": per_sample,
             "criterion": criterion,
             "selection": mode,
-            "tau_source": "given" if tau is not None else "max-curvature (kneed) of the sorted mean S_img",
+            "tau_source": "given" if tau is not None else f"{tau_method} bend of the sorted mean S_img",
+            "tau_method": None if tau is not None else tau_method,
+            "tie_rule": tie if isinstance(tie, str) else "given keys",
             **{k: header[k] for k in ("skip_layers", "weighting", "connectivity", "template", "dtype")},
             "results": results,
         },
@@ -506,6 +516,8 @@ def discover(
     mode: str = "fixed",
     weighting: str = "size",
     connectivity: int = 8,
+    tau_method: str = "chord",
+    tie: str = "mean-entropy",
     batch_size: int = 8,
     sidecar: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -530,8 +542,14 @@ def discover(
         raise InputError(f"criterion must be 'both', 'sum' or 'entropy', got {criterion!r}")
     if mode not in ("fixed", "greedy"):
         raise InputError(f"mode must be 'fixed' or 'greedy', got {mode!r}")
-    if weighting not in ("size", "mass") or connectivity not in (4, 8):
-        raise InputError(f"weighting must be size|mass and connectivity 4|8, got {weighting!r}, {connectivity!r}")
+    try:
+        check_weighting(weighting)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if connectivity not in (4, 8):
+        raise InputError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    if tau_method not in TAU_METHODS or tie not in TIE_RULES:
+        raise InputError(f"tau_method must be one of {TAU_METHODS} and tie one of {TIE_RULES}")
     if not 0 <= skip_layers < vlm.num_layers:
         raise InputError(f"skip_layers must be in [0, {vlm.num_layers - 1}] for this model, got {skip_layers}")
     if top_k < 1 or per_sample < 1 or batch_size < 1:
@@ -585,6 +603,8 @@ def discover(
         mode=mode,
         seed=seed,
         settings=settings,
+        tau_method=tau_method,
+        tie=tie,
     )
     if out is not None:
         result.save(out)
@@ -674,10 +694,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample permutation (default 0)")
     parser.add_argument("--top-k", type=int, default=3, help="localization heads to keep (default 3)")
     parser.add_argument("--per-sample", type=int, default=10, help="heads each sample votes for (default 10)")
-    parser.add_argument("--tau", type=float, help="S_img threshold (default: max curvature of the sorted means)")
+    parser.add_argument("--tau", type=float, help="S_img threshold (default: the bend of the sorted means)")
+    parser.add_argument(
+        "--tau-method", choices=TAU_METHODS, default="chord", help="how tau finds the bend (default chord)"
+    )
+    parser.add_argument(
+        "--tie",
+        choices=TIE_RULES,
+        default="mean-entropy",
+        help="order of heads of equal entropy (default mean-entropy)",
+    )
     parser.add_argument("--criterion", choices=("both", "sum", "entropy"), default="both", help="Table 5 ablations")
     parser.add_argument("--selection", choices=("fixed", "greedy"), default="fixed", help="per-sample vote mode")
-    parser.add_argument("--weighting", choices=("size", "mass"), default="size", help="entropy P(C): paper or code")
+    parser.add_argument(
+        "--weighting",
+        type=_weighting,
+        default="size",
+        metavar="{" + ",".join(WEIGHTINGS) + "}",
+        help="entropy P(C): size = the paper (default), official = the official code exactly, component-mass",
+    )
     parser.add_argument("--connectivity", type=int, choices=(4, 8), default=8, help="component connectivity")
     parser.add_argument("--skip-layers", type=int, default=2, help="first layers left out (default 2)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default 8)")
@@ -688,6 +723,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     parser.add_argument("--revision", help="model revision on the hub")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _weighting(text: str) -> str:
+    """argparse type of ``--weighting``: a known weighting, or a one-line error (naming the retired ``mass``)."""
+    try:
+        return check_weighting(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -743,6 +786,8 @@ def run(args: argparse.Namespace) -> int:
             mode=args.selection,
             weighting=args.weighting,
             connectivity=args.connectivity,
+            tau_method=args.tau_method,
+            tie=args.tie,
             batch_size=args.batch_size,
             sidecar=sidecar,
             out=out,
@@ -759,9 +804,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     hf = result.heads_file
     summary = hf.settings["results"]
+    how = "given" if args.tau is not None else args.tau_method
     print(
-        f"{hf.n_samples} samples scored, {len(result.skipped)} skipped; tau = {hf.tau:.4g} "
-        f"({summary['heads_above_tau']} of {summary['heads_scored']} heads pass)"
+        f"{hf.n_samples} samples scored, {len(result.skipped)} skipped; tau = {hf.tau:.4g} ({how}; "
+        f"{summary['heads_above_tau']} of {summary['heads_scored']} heads pass); ties: {args.tie}"
     )
     for entry in summary["selected"]:
         entropy = "n/a" if entry["mean_entropy"] is None else f"{entry['mean_entropy']:.3f}"

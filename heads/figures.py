@@ -36,14 +36,16 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_sum_curve(mean_sums, tau: float, path: str | os.PathLike) -> Path:
-    """Heads' mean ``S_img`` sorted ascending, with ``tau`` (the max-curvature point) marked; returns the path."""
+def plot_sum_curve(mean_sums, tau: float, path: str | os.PathLike, method: str = "chord") -> Path:
+    """Heads' mean ``S_img`` sorted ascending, ``tau`` marked with its ``method`` and the heads passing it."""
     y = np.sort(np.asarray(mean_sums, dtype=np.float64).ravel())
     y = y[np.isfinite(y)]
     kept = int((y >= tau).sum())
     fig, ax = _figure((7, 4.5))
     ax.plot(np.arange(y.size), y, lw=1.8, color="tab:blue", label="mean $S_{img}$ per head")
-    ax.axhline(tau, color="tab:red", ls="--", lw=1.2, label=f"$\\tau$ = {tau:.4g} ({kept} of {y.size} heads kept)")
+    ax.axhline(
+        tau, color="tab:red", ls="--", lw=1.2, label=f"$\\tau$ = {tau:.4g} ({method}): {kept} of {y.size} heads pass"
+    )
     if kept:
         knee = y.size - kept
         ax.scatter([knee], [y[knee]], color="tab:red", zorder=3, s=30)

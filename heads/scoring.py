@@ -24,7 +24,11 @@ Criterion = Literal["both", "sum", "entropy"]
 Mode = Literal["fixed", "greedy"]
 
 __all__ = [
+    "TAU_METHODS",
+    "TIE_RULES",
+    "WEIGHTINGS",
     "attention_sum",
+    "check_weighting",
     "finite_mean",
     "max_curvature_threshold",
     "pseudo_mask_iou",
@@ -58,25 +62,52 @@ def attention_sum(maps) -> np.ndarray:
     return maps.sum(axis=(-2, -1))
 
 
-def spatial_entropy(
-    maps, connectivity: int = 8, weighting: Literal["size", "mass"] = "size", threshold: float = 0.0
-) -> np.ndarray:
-    """Spatial entropy of each map ``[..., rows, cols]`` -> ``[...]``; ``+inf`` where no component (constant map).
+WEIGHTINGS = ("size", "official", "component-mass")
+Weighting = Literal["size", "official", "component-mass"]
+OFFICIAL_THRESHOLD = 0.001  # the official spatial_entropy's default binarisation threshold on ReLU(map - mean)
 
-    ``A = ReLU(map - mean(map))``; components ``C_n`` of ``A > threshold`` (8- or 4-connected);
-    ``P(C_n) = |C_n| / sum|C_n|`` (``weighting="size"``, the paper) or ``sum_{C_n} A / sum A`` over the components
-    (``"mass"``, the official code, which also uses ``threshold=0.001``); ``H = -sum P ln P``.
+
+def check_weighting(weighting: str) -> str:
+    """``weighting`` if known; a one-line error naming the replacement for the retired ``"mass"``."""
+    if weighting == "mass":
+        raise ValueError(
+            "weighting 'mass' was retired: it was neither the paper's entropy nor the official code's; use "
+            "'official' (the official code exactly) or 'component-mass' (P = component mass / mass of all components)"
+        )
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}")
+    return weighting
+
+
+def spatial_entropy(
+    maps, connectivity: int = 8, weighting: Weighting = "size", threshold: float | None = None
+) -> np.ndarray:
+    """Spatial entropy of each map ``[..., rows, cols]`` -> ``[...]`` (Kang et al. eq. 3, appendix B.1 eqs. 4-7).
+
+    ``A = ReLU(map - mean(map))`` (eq. 4); components ``C_n`` of ``A > threshold`` (8- or 4-connected, eq. 5);
+    ``H = -sum P ln P`` (eq. 6) with, by ``weighting``:
+
+    * ``"size"`` (the paper, eq. 7): ``P(C_n) = |C_n| / sum |C_n|``; ``+inf`` where no component (constant map).
+    * ``"official"``: the official ``spatial_entropy`` exactly, quirks included: ``threshold`` 0.001 by default,
+      ``P(C_n) = sum_{C_n} A / sum A`` where ``sum A`` runs over *all* positive above-mean values (those under the
+      threshold too, so the P need not sum to 1), ``0`` (the best score) when no component passes the threshold,
+      ``+inf`` when ``sum A <= 0``.
+    * ``"component-mass"``: ``P(C_n) = sum_{C_n} A / sum over all components of A`` (a proper distribution of the
+      kept mass); ``+inf`` where no component.
+
+    ``threshold`` defaults to 0 (``"size"``, ``"component-mass"``) or 0.001 (``"official"``).
     """
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
-    if weighting not in ("size", "mass"):
-        raise ValueError(f"weighting must be 'size' or 'mass', got {weighting!r}")
+    check_weighting(weighting)
+    if threshold is None:
+        threshold = OFFICIAL_THRESHOLD if weighting == "official" else 0.0
     maps = _to_numpy(maps)
     _check_maps(maps)
     lead, (rows, cols) = maps.shape[:-2], maps.shape[-2:]
     flat = maps.reshape(-1, rows, cols)
     n_maps = flat.shape[0]
-    above = flat - flat.mean(axis=(-2, -1), keepdims=True)
+    above = np.maximum(flat - flat.mean(axis=(-2, -1), keepdims=True), 0.0)
     foreground = above > threshold
 
     # One label call for all maps: the 3-D structure connects pixels within a map only (middle plane).
@@ -84,6 +115,9 @@ def spatial_entropy(
     structure[1] = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     labels, n_comp = ndimage.label(foreground, structure=structure)
     entropy = np.full(n_maps, np.inf)
+    if weighting == "official":
+        positive = above.reshape(n_maps, -1).sum(axis=1)
+        entropy[positive > 0] = 0.0  # no component past the threshold: 0, the official code's best score
     if n_comp:
         labels = labels.ravel()
         weights = None if weighting == "size" else above.ravel()
@@ -92,7 +126,7 @@ def spatial_entropy(
         # labels (max label of maps < i, max label of maps <= i].
         last = np.maximum.accumulate(labels.reshape(n_maps, -1).max(axis=1))
         comp_map = np.repeat(np.arange(n_maps), np.diff(last, prepend=0))
-        total = np.bincount(comp_map, weights=comp_weight, minlength=n_maps)
+        total = positive if weighting == "official" else np.bincount(comp_map, weights=comp_weight, minlength=n_maps)
         p = comp_weight / total[comp_map]
         plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
         h = -np.bincount(comp_map, weights=plogp, minlength=n_maps)
@@ -101,40 +135,103 @@ def spatial_entropy(
     return entropy.reshape(lead)
 
 
-def max_curvature_threshold(values) -> float:
-    """``tau``: the mean ``S_img`` at the point of maximum curvature of the heads' ascending-sorted curve.
+TAU_METHODS = ("chord", "kneedle-smooth", "kneedle", "curvature")
+TauMethod = Literal["chord", "kneedle-smooth", "kneedle", "curvature"]
 
-    Method: drop non-finite values, sort ascending (``y[i]``, ``x = i``) and run Kneedle (``kneed.KneeLocator``,
-    ``direction="increasing"``, ``S=1``, ``online=False``, ``interp1d``): on the curve normalised to the unit square,
-    the first local maximum of its distance from the chord that passes Kneedle's ``S`` threshold test;
-    ``tau = y[knee]``. The curve is ``convex`` (LLaVA-1.5: most heads put little attention on the image, a few a
-    lot; the bend is near the top) unless its normalised points lie above the chord on average, then ``concave``
-    (a model without an attention sink: one or two heads look at the text, the rest almost only at the image; the
-    bend is where the curve flattens). Fallback when Kneedle finds no knee: the index of the largest absolute
-    discrete second difference ``y[i-1] - 2 y[i] + y[i+1]`` of the normalised curve. Fewer than 3 values, or a
-    constant curve: ``tau = min(values)`` (every head passes).
-    """
-    from kneed import KneeLocator
 
+def _sorted_curve(values) -> np.ndarray:
     y = np.sort(_to_numpy(values).ravel())
     y = y[np.isfinite(y)]
     if y.size == 0:
         raise ValueError("max_curvature_threshold needs at least one finite value")
+    return y
+
+
+def _kneedle(x: np.ndarray, y: np.ndarray, yn: np.ndarray) -> float | None:
+    """Offline Kneedle (kneed, ``S=1``) on ``y``; the curve side from the mean sign of the normalised gap."""
+    from kneed import KneeLocator
+
+    curve = "concave" if float(np.mean(yn - x / x[-1])) > 0 else "convex"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # kneed warns when it finds no knee; the caller falls back
+        return KneeLocator(x, y, S=1.0, curve=curve, direction="increasing").knee
+
+
+def _fitted_curvature(x: np.ndarray, yn: np.ndarray) -> int:
+    """Index of the largest curvature ``|y''| / (1 + y'^2)^1.5`` of a smoothing spline (GCV) on the unit square."""
+    from scipy.interpolate import make_smoothing_spline
+
+    xn = x / x[-1]
+    spline = make_smoothing_spline(xn, yn)
+    d1, d2 = spline.derivative(1)(xn), spline.derivative(2)(xn)
+    return int(np.argmax(np.abs(d2) / (1.0 + d1**2) ** 1.5))
+
+
+def max_curvature_threshold(values, method: TauMethod = "chord") -> float:
+    """``tau`` (Kang et al. sec. 4.1, Fig. 3): the mean ``S_img`` at the bend of the heads' ascending-sorted curve.
+
+    Non-finite values are dropped; ``y`` sorted ascending, ``x = i``, both normalised to the unit square.
+    ``method`` (chosen on measured curves; see ``benchmarks/discovery_sim.py``):
+
+    * ``"chord"`` (default): the point farthest from the chord joining the first and last points (below it for a
+      convex curve, above it for a concave one, whichever side is farther) -- the global maximum of Kneedle's
+      difference curve, and the official code's ``find_elbow_point`` applied to the ``S_img`` values (that code
+      returns the *head index* found there and compares flat head indices with it: a bug not reproduced here).
+    * ``"kneedle-smooth"``: Kneedle (kneed, ``S=1``, offline) on the curve smoothed by a Gaussian of
+      ``sigma = n / 100`` points.
+    * ``"kneedle"``: Kneedle on the raw curve (this toolkit's earlier default). On a noisy convex curve it stops at
+      the first wiggle counted from the top: ``tau`` lands in the tail.
+    * ``"curvature"``: the largest curvature of a smoothing spline fitted to the normalised curve -- the literal
+      "maximum curvature"; it sits below the bend (for ``x**6``: 0.063 where the bend is 0.117).
+
+    Kneedle finding no knee falls back to ``"chord"``. Fewer than 3 values or a constant curve: ``min(values)``.
+    """
+    if method not in TAU_METHODS:
+        raise ValueError(f"tau method must be one of {', '.join(TAU_METHODS)}; got {method!r}")
+    y = _sorted_curve(values)
     if y.size < 3 or y[-1] == y[0]:
         return float(y[0])
     x = np.arange(y.size, dtype=np.float64)
     yn = (y - y[0]) / (y[-1] - y[0])
-    curve = "concave" if float(np.mean(yn - x / x[-1])) > 0 else "convex"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # kneed warns when it finds no knee; we fall back below
-        knee = KneeLocator(x, y, S=1.0, curve=curve, direction="increasing").knee
+    knee = None
+    if method == "kneedle":
+        knee = _kneedle(x, y, yn)
+    elif method == "kneedle-smooth":
+        from scipy.ndimage import gaussian_filter1d
+
+        smooth = gaussian_filter1d(y, sigma=max(1.0, y.size / 100), mode="nearest")
+        knee = _kneedle(x, smooth, yn)
+    elif method == "curvature":
+        knee = _fitted_curvature(x, yn)
     if knee is None:
-        knee = 1 + int(np.argmax(np.abs(yn[:-2] - 2 * yn[1:-1] + yn[2:])))
+        gap = yn - x / x[-1]
+        knee = int(np.argmin(gap)) if -gap.min() >= gap.max() else int(np.argmax(gap))
     return float(y[round(float(knee))])
 
 
+TIE_RULES = ("mean-entropy", "s_img", "index")
+TieRule = Literal["mean-entropy", "s_img", "index"]
+
+
+def _tie_keys(tie, entropy: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """Secondary sort keys (lower first) ``[n_samples, n_heads]`` among heads of equal entropy."""
+    if isinstance(tie, str):
+        if tie == "mean-entropy":  # the head's entropy over all samples: consistently compact heads first
+            mean = np.nan_to_num(finite_mean(entropy), nan=np.inf)
+            return np.broadcast_to(mean, sums.shape)
+        if tie == "s_img":
+            return -np.nan_to_num(sums, nan=-np.inf)
+        if tie == "index":
+            return np.zeros(sums.shape)
+        raise ValueError(f"tie must be one of {', '.join(TIE_RULES)} or an array of keys; got {tie!r}")
+    keys = _to_numpy(tie)
+    if keys.size != sums.size:
+        raise ValueError(f"tie keys have {keys.size} values, expected one per sample and head ({sums.size})")
+    return keys.reshape(sums.shape)
+
+
 def _ranked_per_sample(
-    entropy: np.ndarray, sums: np.ndarray, tau: float | None, criterion: Criterion
+    entropy: np.ndarray, sums: np.ndarray, tau: float | None, criterion: Criterion, tie
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample head order best-first ``[n_samples, n_heads]`` and whether each ranked head was eligible."""
     n_samples, n_heads = sums.shape
@@ -144,13 +241,16 @@ def _ranked_per_sample(
     if criterion in ("both", "entropy"):
         eligible &= np.isfinite(entropy)
         primary = np.where(eligible, entropy, np.inf)
-        secondary = -np.nan_to_num(sums, nan=-np.inf)  # ties (e.g. many H = 0): higher S_img first
+        secondary = _tie_keys(tie, entropy, sums)
+        by_index = isinstance(tie, str) and tie == "index"
+        tertiary = np.zeros(sums.shape) if by_index else -np.nan_to_num(sums, nan=-np.inf)  # then higher S_img
     else:
         eligible &= np.isfinite(sums)
         primary = np.where(eligible, -sums, np.inf)
         secondary = np.where(np.isfinite(entropy), entropy, np.inf)  # ties: lower entropy first
+        tertiary = np.zeros(sums.shape)
     index = np.broadcast_to(np.arange(n_heads), (n_samples, n_heads))
-    order = np.lexsort((index, secondary, ~eligible, primary), axis=-1)
+    order = np.lexsort((index, tertiary, secondary, ~eligible, primary), axis=-1)
     return order, np.take_along_axis(eligible, order, axis=-1)
 
 
@@ -161,14 +261,20 @@ def select_heads(
     per_sample: int = 10,
     criterion: Criterion = "both",
     mode: Mode = "fixed",
+    tie: TieRule | np.ndarray = "mean-entropy",
 ) -> np.ndarray:
     """Per-sample votes -> how many samples chose each head (int array, the heads' shape, e.g. ``[n_heads]``).
 
-    ``entropy``/``sums`` are ``[n_samples, *heads]``. Heads whose MEAN ``S_img`` >= ``tau`` compete
-    (``tau=None``: no filter). ``criterion``: ``"both"`` = tau filter then lowest entropy (the paper);
-    ``"sum"`` = tau filter then highest per-sample ``S_img``; ``"entropy"`` = lowest entropy, no tau filter.
-    Ties: ``"both"``/``"entropy"`` prefer higher ``S_img``, ``"sum"`` lower entropy, then the lower flat index.
+    Kang et al. sec. 4.2 / Fig. 5. ``entropy``/``sums`` are ``[n_samples, *heads]``. Heads whose MEAN ``S_img``
+    >= ``tau`` compete (``tau=None``: no filter). ``criterion``: ``"both"`` = tau filter then lowest entropy (the
+    paper); ``"sum"`` = tau filter then highest per-sample ``S_img``; ``"entropy"`` = lowest entropy, no tau filter.
     Heads with an infinite entropy (no component) never win on entropy.
+
+    Ties at equal entropy (the paper is silent; with the size weighting every single-component map scores 0),
+    ``tie``: ``"mean-entropy"`` (default, chosen on the planted-heads simulator) = lower entropy of the head
+    averaged over all samples, then higher ``S_img``; ``"s_img"`` = higher per-sample ``S_img``; ``"index"`` = the
+    lower flat index (the official code's stable sort); or an array of keys like ``entropy`` (lower first). The
+    flat index decides what is still tied. ``criterion="sum"`` breaks its ties by lower entropy.
 
     ``mode="fixed"``: each sample votes for its ``per_sample`` best eligible heads (fewer if fewer are eligible).
     ``mode="greedy"`` (Table 5's per-sample alternative to a fixed head count): each sample votes for its single
@@ -188,7 +294,8 @@ def select_heads(
         raise ValueError(f"per_sample must be >= 1, got {per_sample}")
     if n_samples == 0:
         return np.zeros(head_shape, dtype=np.int64)
-    order, ok = _ranked_per_sample(entropy.reshape(n_samples, -1), sums.reshape(n_samples, -1), tau, criterion)
+    flat_e, flat_s = entropy.reshape(n_samples, -1), sums.reshape(n_samples, -1)
+    order, ok = _ranked_per_sample(flat_e, flat_s, tau, criterion, tie)
     chosen = order[:, :k][ok[:, :k]]
     return np.bincount(chosen, minlength=n_heads).reshape(head_shape)
 

@@ -14,7 +14,7 @@ from PIL import Image
 from benchmarks import bench
 from benchmarks.datasets import open_dataset
 from benchmarks.metrics import box_iou, mask_intersection_union
-from benchmarks.paper_results import NOT_AVAILABLE, PAPER_RESULTS, SPLITS, paper_row
+from benchmarks.paper_results import PAPER_RESULTS, SPLITS, paper_row
 from localize.cli import main
 
 pytestmark = pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"RefCOCO fixture not found at {FIXTURE_DIR}")
@@ -232,11 +232,11 @@ def test_parse_splits_and_paper_table():
         ("refcocog", "test"),
     ]
     row = paper_row("llava-hf/llava-1.5-7b-hf")
-    assert row is PAPER_RESULTS["llava-1.5-7b"] and "arXiv:2503.06287" in row.source
-    assert not row.available  # nothing typed from memory: empty until filled from the paper
+    assert row is PAPER_RESULTS["llava-1.5-7b"] and "arXiv:2503.06287" in row.source and row.available
     summary = {"model": "m", "method": "heads", "splits": [], "sam": False}
     text = bench.format_paper_comparison(summary, "llava-1.5-7b")
-    assert NOT_AVAILABLE in text and "Table 1" in text and "Table 2" in text
+    assert "| paper: LLaVA-1.5-7B | 86.5 |" in text and "Table 1" in text and "Table 2" in text
+    assert "no row for 'qwen2-vl-2b'" in bench.format_paper_comparison(summary, "qwen2-vl-2b")
 
 
 def test_sam_refines_the_masks(workspace, tmp_path, monkeypatch):

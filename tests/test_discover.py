@@ -128,6 +128,7 @@ def test_end_to_end_heads_file_and_figures(full_run, samples, tiny_llava_vlm):
     assert {"top_k", "per_sample", "criterion", "selection", "skip_layers", "weighting", "connectivity"} <= set(
         settings
     )
+    assert settings["tau_method"] == "chord" and settings["tie_rule"] == "mean-entropy"
     assert settings["results"]["samples_with_mask"] == len(samples) and settings["results"]["samples_skipped"] == 0
 
     # Recompute the aggregation from the sidecar with the scoring functions: same tau, votes and heads.
@@ -340,7 +341,13 @@ def test_cli_discover_on_saved_model(tmp_path, capsys):
     assert main(argv) == 0  # complete sidecar: resumes with nothing to do
     assert "resuming: 5 already in" in capsys.readouterr().out
     assert _comparable(load_heads(out)) == _comparable(hf)
-    assert main([*argv, "--weighting", "mass"]) == 2  # the sidecar holds size-weighted entropies
+    assert main([*argv, "--weighting", "official"]) == 2  # the sidecar holds size-weighted entropies
     assert "other settings" in capsys.readouterr().err
-    assert main([*argv, "--weighting", "mass", "--fresh"]) == 0
-    assert load_heads(out).settings["weighting"] == "mass"
+    assert main([*argv, "--weighting", "official", "--fresh", "--tau-method", "kneedle-smooth", "--tie", "index"]) == 0
+    printed = capsys.readouterr().out
+    written = load_heads(out)
+    assert written.settings["weighting"] == "official" and written.settings["tau_method"] == "kneedle-smooth"
+    assert written.settings["tie_rule"] == "index" and "(kneedle-smooth; " in printed and "ties: index" in printed
+    with pytest.raises(SystemExit):  # the retired name: a one-line error naming its replacements
+        main([*argv, "--weighting", "mass"])
+    assert "'official'" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def test_one_blob_has_zero_entropy():
     m = np.zeros((6, 6))
     m[1:4, 2:4] = 1.0
     assert spatial_entropy(m) == 0.0
-    assert spatial_entropy(m, weighting="mass") == 0.0
+    assert spatial_entropy(m, weighting="component-mass") == 0.0
 
 
 def test_two_equal_blobs_give_log2():
@@ -48,7 +48,7 @@ def test_two_equal_blobs_give_log2():
     m[0:2, 0:2] = 1.0
     m[4:6, 3:5] = 1.0
     assert spatial_entropy(m) == pytest.approx(math.log(2))
-    assert spatial_entropy(m, weighting="mass") == pytest.approx(math.log(2))
+    assert spatial_entropy(m, weighting="component-mass") == pytest.approx(math.log(2))
 
 
 def test_diagonal_touch_is_one_component_under_8_two_under_4():
@@ -65,7 +65,7 @@ def test_mass_weighting_differs_from_size_weighting():
     # mean = 16/36 = 4/9 -> A = 23/9 and 5/9 on the blobs; masses 92/9 and 20/9 -> P = 23/28, 5/28.
     p = np.array([23 / 28, 5 / 28])
     assert spatial_entropy(m, weighting="size") == pytest.approx(math.log(2))
-    assert spatial_entropy(m, weighting="mass") == pytest.approx(-(p * np.log(p)).sum())
+    assert spatial_entropy(m, weighting="component-mass") == pytest.approx(-(p * np.log(p)).sum())
 
 
 def test_unequal_sizes_size_weighting():
@@ -109,7 +109,7 @@ def test_vectorised_scores_match_per_map_loop():
     rng = np.random.default_rng(0)
     maps = ndimage.gaussian_filter(rng.random((40, 40, 24, 24)), sigma=(0, 0, 1.5, 1.5)).astype(np.float32)
     maps[3, 5] = 0.25  # a constant map among them
-    for weighting in ("size", "mass"):
+    for weighting in ("size", "component-mass"):
         h = spatial_entropy(maps, weighting=weighting)
         assert h.shape == (40, 40)
         ref = np.array(
@@ -143,6 +143,23 @@ def test_tau_lands_on_the_knee():
     rng = np.random.default_rng(1)
     assert max_curvature_threshold(rng.permutation(y)) == pytest.approx(y[49])
     assert (y >= max_curvature_threshold(y)).sum() == 11
+
+
+def test_tau_finds_the_global_bend_of_noisy_curves():
+    # The issue's curves: x**6 on 1024 heads, clean and with 0.01 uniform noise. Global bend: where the slope on the
+    # unit square is 1 (farthest from the chord), x = (1/6)**(1/5), y = x**6 = 0.1165.
+    y = (np.arange(1024) / 1023) ** 6
+    bend = (1 / 6) ** (6 / 5)
+    noisy = y + 0.01 * np.random.default_rng(0).random(1024)
+    for curve in (y, noisy):
+        for method in ("chord", "kneedle-smooth"):
+            tau = max_curvature_threshold(np.random.default_rng(1).permutation(curve), method)
+            assert abs(tau - bend) <= 0.03, (method, tau)
+        assert (curve >= max_curvature_threshold(curve)).sum() > 250  # ~300 heads pass, not ~150
+    assert max_curvature_threshold(noisy, "kneedle") > 0.3  # raw Kneedle stops at a wiggle in the noisy tail
+    assert max_curvature_threshold(y, "curvature") < bend - 0.03  # the literal max curvature sits below the bend
+    with pytest.raises(ValueError, match="tau method"):
+        max_curvature_threshold(y, "elbow")
 
 
 def test_tau_on_a_concave_curve_is_where_it_flattens():
@@ -179,18 +196,36 @@ ENTROPY = np.array(
 
 
 def test_select_heads_both():
-    # tau = 0.3 drops head 2; head 3 has no component in sample 1; ties on entropy go to the higher S_img.
-    assert select_heads(ENTROPY, SUMS, 0.3, per_sample=1).tolist() == [1, 1, 0, 1]
-    assert select_heads(ENTROPY, SUMS, 0.3, per_sample=2).tolist() == [3, 1, 0, 2]
+    # tau = 0.3 drops head 2; head 3 has no component in sample 1; tie="s_img": ties go to the higher S_img.
+    assert select_heads(ENTROPY, SUMS, 0.3, per_sample=1, tie="s_img").tolist() == [1, 1, 0, 1]
+    assert select_heads(ENTROPY, SUMS, 0.3, per_sample=2, tie="s_img").tolist() == [3, 1, 0, 2]
     assert select_heads(ENTROPY, SUMS, 0.3, per_sample=10).tolist() == [3, 3, 0, 2]  # fewer eligible than 10
 
 
+def test_select_heads_tie_rules():
+    # sample 2 ties heads 0, 1, 3 at H = 0. Mean entropy over the samples: 0.1, 0.2, (0.0 dropped by tau), 0.1.
+    assert select_heads(ENTROPY[2:], SUMS[2:], 0.3, per_sample=1, tie="s_img").tolist() == [0, 0, 0, 1]
+    assert select_heads(ENTROPY[2:], SUMS[2:], 0.3, per_sample=1, tie="index").tolist() == [1, 0, 0, 0]
+    # mean-entropy (default): the head that is compact over all samples wins a tie
+    entropy = ENTROPY.copy()
+    entropy[0, 3] = 0.0  # head 3: mean entropy 0 (vs head 0's 0.1): it wins the ties in samples 0 and 2
+    assert select_heads(entropy, SUMS, 0.3, per_sample=1).tolist() == [0, 1, 0, 2]
+    entropy[0, 3] = 0.5  # head 3's mean entropy rises to 0.25: head 0 now wins the tie in sample 2
+    assert select_heads(entropy, SUMS, 0.3, per_sample=1).tolist() == [2, 1, 0, 0]
+    equal = np.zeros((2, 4))  # equal mean entropies: then the higher S_img (head 3, 0.6)
+    assert select_heads(equal, SUMS[:2], 0.3, per_sample=1).tolist() == [0, 0, 0, 2]
+    keys = np.tile([3.0, 2.0, 1.0, 0.0], (3, 1))  # explicit keys, lower first
+    assert select_heads(ENTROPY[2:], SUMS[2:], None, per_sample=2, tie=keys[2:]).tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match="tie"):
+        select_heads(ENTROPY, SUMS, 0.3, tie="area")
+
+
 def test_select_heads_criteria_and_greedy():
-    assert select_heads(ENTROPY, SUMS, 0.3, per_sample=1, criterion="entropy").tolist() == [1, 0, 1, 1]
-    assert select_heads(ENTROPY, SUMS, None, per_sample=1, criterion="entropy").tolist() == [1, 0, 1, 1]
+    assert select_heads(ENTROPY, SUMS, 0.3, per_sample=1, criterion="entropy", tie="s_img").tolist() == [1, 0, 1, 1]
+    assert select_heads(ENTROPY, SUMS, None, per_sample=1, criterion="entropy", tie="s_img").tolist() == [1, 0, 1, 1]
     assert select_heads(ENTROPY, SUMS, 0.3, per_sample=1, criterion="sum").tolist() == [0, 0, 0, 3]
     assert select_heads(ENTROPY, SUMS, 0.3, per_sample=2, criterion="sum").tolist() == [3, 0, 0, 3]
-    assert select_heads(ENTROPY, SUMS, 0.3, per_sample=10, mode="greedy").tolist() == [1, 1, 0, 1]
+    assert select_heads(ENTROPY, SUMS, 0.3, per_sample=10, mode="greedy", tie="s_img").tolist() == [1, 1, 0, 1]
     with pytest.raises(ValueError):
         select_heads(ENTROPY, SUMS, 0.3, criterion="best")
     with pytest.raises(ValueError):
