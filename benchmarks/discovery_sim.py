@@ -262,11 +262,14 @@ def evaluate(sim: Simulation, n: int, tau_method: str = "chord", tie="mean-entro
     mean_sum = sim.sums[:n].mean(axis=0)
     passing = np.flatnonzero(mean_sum >= result.heads_file.tau)
     passing = passing[passing >= cfg.skip_layers * cfg.heads]
+    others = np.setdiff1d(np.arange(counts.size), planted)
+    margin = (counts[planted].min() - counts[others].max()) / n  # > 0: every planted head beats every other head
     votes, official_eligible = official_votes(sim.sums[:n], sim.official_entropy[:n])
     official_order = _frequency_order(votes)
     return {
         "ours_recovered": set(chosen) == set(planted),
         "ours_ranks": _ranks(order, planted),
+        "margin": float(margin),
         "ours_pass": int(passing.size),
         "true_eligible": int(truth.size),
         "true_passing": float(np.isin(truth, passing).mean()),
@@ -307,8 +310,9 @@ def report(rows: dict[int, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def compare_choices(sims: list[Simulation], n: int) -> str:
+def compare_choices(sims: list[Simulation], sizes: list[int]) -> str:
     """Recovery and tau figures of every tau method (tie fixed) and tie rule (tau fixed) on the same simulations."""
+    n = sizes[-1]
     lines = [
         f"tau methods (tie mean-entropy), N = {n}:",
         "| method | all planted in top-k | |tau - bend| (mean) | heads passing | true eligible passing (min) |",
@@ -324,24 +328,21 @@ def compare_choices(sims: list[Simulation], n: int) -> str:
         )
     lines += [
         "",
-        f"tie rules (tau chord), N = {n}:",
-        "| tie | all planted in top-k | planted ranks (median) |",
-        "|---|---|---|",
+        "tie rules (tau chord):",
+        "| tie | N | all planted in top-k | planted ranks (median) "
+        "| vote margin: weakest planted - best other (mean / min, % of N) |",
+        "|---|---|---|---|---|",
     ]
     ties: dict[str, object] = {rule: rule for rule in TIE_RULES}
-    ties["smaller-area"] = None
-    ties["larger-area"] = None
+    ties |= {"smaller-area": 1, "larger-area": -1}  # keys: the above-mean area (cells), lower first
     for name, tie in ties.items():
-        runs = []
-        for sim in sims:
-            keys = tie
-            if name.endswith("area"):
-                keys = sim.area.astype(np.float64) * (1 if name == "smaller-area" else -1)
-            runs.append(evaluate(sim, n, "chord", keys))
-        lines.append(
-            f"| {name} | {sum(r['ours_recovered'] for r in runs)}/{len(sims)} "
-            f"| {_fmt_ranks([r['ours_ranks'] for r in runs])} |"
-        )
+        for size in sizes:
+            runs = [evaluate(sim, size, "chord", tie if isinstance(tie, str) else tie * sim.area) for sim in sims]
+            margins = [100 * r["margin"] for r in runs]
+            lines.append(
+                f"| {name} | {size} | {sum(r['ours_recovered'] for r in runs)}/{len(sims)} "
+                f"| {_fmt_ranks([r['ours_ranks'] for r in runs])} | {np.mean(margins):+.1f} / {min(margins):+.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(rows))
     if not args.no_choices:
         print()
-        print(compare_choices(sims, sizes[-1]))
+        print(compare_choices(sims, sizes))
     print(f"\nsimulation {simulated:.0f} s, total {time.perf_counter() - start:.0f} s")
     return 0
 

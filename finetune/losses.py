@@ -1,8 +1,12 @@
 """Attention losses over the localization heads, and the λ schedule of the joint objective.
 
-* ``where-to-look`` (seed paper, Look&Learn): ``1 − cos(attention map, target)``; scale-invariant, so the heads'
-  total attention mass on the image (S_img) is left to the model and only the map's shape is supervised.
-* ``kl`` (KLAL, Esmaeilkhani & Latecki): ``KL(target ‖ attention / attention.sum())``; target normalized to sum 1.
+* ``where-to-look`` (seed paper, Look&Learn, sec. 3.1 eq. 2): ``1 − cos(attention map, target)``; scale-invariant,
+  so the heads' total attention mass on the image (S_img) is left to the model and only the map's shape is
+  supervised. Differs: on the localization heads' query rows (the paper averages over all layers, Table 9a).
+* ``kl`` (KLAL, Esmaeilkhani & Latecki, sec. 3 eqs. 3-4): ``KL(target ‖ attention / attention.sum())``; target
+  normalized to sum 1. Differs: eq. 4 averages over all layers the KL of the head-averaged map of the last answer
+  token (eq. 3); here only the localization heads, at the query row of ``finetune/attention.py`` (the expression's
+  last token by default), and ``combine="mean"`` is eq. 3's average over those heads.
 
 How the heads are combined (``combine``):
 
@@ -35,7 +39,7 @@ def _reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
 def where_to_look_loss(
     attn: torch.Tensor, target: torch.Tensor, eps: float = 1e-8, reduction: str = "mean"
 ) -> torch.Tensor:
-    """``1 − cosine(attn, target)`` over the last two (grid) dims; ``target`` broadcasts against ``attn``."""
+    """``1 − cosine(attn, target)`` over the last two (grid) dims (Look&Learn eq. 2); ``target`` broadcasts."""
     attn, target = torch.broadcast_tensors(attn.float(), target.to(attn.device, torch.float32))
     a, t = attn.flatten(-2), target.flatten(-2)
     cos = (a * t).sum(-1) / (a.norm(dim=-1) * t.norm(dim=-1)).clamp_min(eps)
@@ -45,7 +49,7 @@ def where_to_look_loss(
 def kl_attention_loss(
     attn: torch.Tensor, target: torch.Tensor, eps: float = 1e-8, reduction: str = "mean"
 ) -> torch.Tensor:
-    """``KL(P ‖ Q)`` over the grid with ``P = target / sum``, ``Q = attn / sum``; eps-safe (0·log 0 = 0)."""
+    """``KL(P ‖ Q)`` over the grid with ``P = target / sum``, ``Q = attn / sum`` (KLAL eq. 4's summand); eps-safe."""
     attn, target = torch.broadcast_tensors(attn.float(), target.to(attn.device, torch.float32))
     p = target.flatten(-2).clamp_min(0)
     p = p / p.sum(-1, keepdim=True).clamp_min(eps)
@@ -74,7 +78,8 @@ def attention_loss(
 
 def lambda_schedule(kind: str, progress: float, base: float = 1.0) -> float:
     """λ at ``progress`` ∈ [0, 1] of training: ``constant`` = base; ``curriculum`` = base for the first third,
-    linear decay to 0 over the second third, 0 (next-token loss only) over the last third."""
+    linear decay to 0 over the second third, 0 (next-token loss only) over the last third (Look&Learn, appendix
+    "Curriculum Scheduling of Attention Guidance", Table 10)."""
     progress = min(max(float(progress), 0.0), 1.0)
     if kind == "constant":
         return float(base)

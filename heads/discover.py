@@ -9,8 +9,9 @@ Sidecar: a header line (what the statistics depend on: model, prompt, dtype, lay
 one line per sample: ``{"id", "grid", "sum", "entropy", "iou"}`` with one value per scored head (layer-major from
 ``skip_layers``, entropy ``null`` = +inf) or ``{"id", "skipped": reason}``. A rerun skips the ids already scored
 (a run interrupted at any point resumes), retries skipped ones, and refuses a sidecar written with other settings.
-The aggregation settings (``tau``, ``criterion``, ``mode``, ``per_sample``, ``top_k``) are not in the header:
-rerunning with other values over a complete sidecar re-derives the heads without a forward pass (Table 5 ablations).
+The aggregation settings (``tau``, ``tau_method``, ``tie``, ``criterion``, ``mode``, ``per_sample``, ``top_k``)
+are not in the header: rerunning with other values over a complete sidecar re-derives the heads without a forward
+pass (Table 5 ablations).
 
 Samples are batched in a fixed plan (samples of one image together, through prefix reuse; the others a few per
 forward), a function of the sample list and ``batch_size`` only, so a resumed or sharded run computes every sample

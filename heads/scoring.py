@@ -4,12 +4,17 @@ For Visual Grounding".
 Every function takes query-to-image attention maps as ``[..., rows, cols]`` (numpy or torch; any leading dims, e.g.
 ``[layers, heads]`` or ``[n_captured]``) and returns numpy. Per head and sample:
 
-* ``S_img`` (:func:`attention_sum`): the query token's total attention over the image tokens. Heads whose mean
-  ``S_img`` over the samples reaches ``tau`` (:func:`max_curvature_threshold`) attend to the image at all.
-* spatial entropy (:func:`spatial_entropy`): how scattered the above-mean attention is; a localization head puts it
-  in one compact blob (entropy 0).
-* :func:`select_heads` lets each sample vote for its best heads; the most frequently chosen are the localization
-  heads (:func:`selection_frequency`, :func:`top_heads`).
+* ``S_img`` (:func:`attention_sum`, sec. 4.1 criterion 1): the query token's total attention over the image tokens.
+  Heads whose mean ``S_img`` over the samples reaches ``tau`` (:func:`max_curvature_threshold`, Fig. 3) attend to
+  the image at all.
+* spatial entropy (:func:`spatial_entropy`, criterion 2, eq. 3 and appendix B.1 eqs. 4-7): how scattered the
+  above-mean attention is; a localization head puts it in one compact blob (entropy 0).
+* :func:`select_heads` lets each sample vote for its best heads (sec. 4.2, Fig. 5); the most frequently chosen are
+  the localization heads (:func:`selection_frequency`, :func:`top_heads`, sec. 5).
+
+Where the official code (``seilk/LocalizationHeads``) differs from the paper, the paper is the default and the
+code is an option: ``weighting="official"``; its tau bug (head index compared with head indices) is not offered,
+only the chord elbow it computes (``method="chord"``, the default). See ``benchmarks/discovery_sim.py``.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ def _check_maps(maps: np.ndarray) -> None:
 
 
 def attention_sum(maps) -> np.ndarray:
-    """``S_img``: the query's total attention over the image tokens, summed over ``rows, cols`` -> ``[...]``."""
+    """``S_img`` (sec. 4.1, criterion 1): the query's attention summed over the image tokens ``rows, cols``."""
     maps = _to_numpy(maps)
     _check_maps(maps)
     return maps.sum(axis=(-2, -1))
@@ -277,8 +282,9 @@ def select_heads(
     flat index decides what is still tied. ``criterion="sum"`` breaks its ties by lower entropy.
 
     ``mode="fixed"``: each sample votes for its ``per_sample`` best eligible heads (fewer if fewer are eligible).
-    ``mode="greedy"`` (Table 5's per-sample alternative to a fixed head count): each sample votes for its single
-    best head only (``per_sample`` is ignored), i.e. the frequency of being *the* best head for a sample.
+    ``mode="greedy"`` (after Table 5's per-sample alternative to a fixed head count): each sample votes for its
+    single best head only (``per_sample`` is ignored), i.e. the frequency of being *the* best head for a sample.
+    Differs: the paper's greedy (appendix A) grounds each sample with its own top-k heads, with no vote at all.
     """
     if criterion not in ("both", "sum", "entropy"):
         raise ValueError(f"criterion must be 'both', 'sum' or 'entropy', got {criterion!r}")
@@ -318,7 +324,7 @@ def finite_mean(values, axis: int = 0) -> np.ndarray:
 
 
 def top_heads(frequency, mean_entropy, k: int = 3) -> list:
-    """The ``k`` most frequently selected heads (frequency > 0), ties broken by lower mean entropy, then index.
+    """The ``k`` most frequently selected heads (sec. 5; frequency > 0), ties by lower mean entropy, then index.
 
     ``[layers, heads]`` arrays give ``(layer, head)`` tuples; 1-D arrays give flat indices.
     """
@@ -334,7 +340,7 @@ def top_heads(frequency, mean_entropy, k: int = 3) -> list:
 
 
 def pseudo_mask_iou(maps, target_grid) -> np.ndarray:
-    """IoU of each map's pseudo-mask ``map > mean(map)`` with the target on the grid -> ``[...]``.
+    """IoU of each map's pseudo-mask ``map > mean(map)`` with the target on the grid (sec. 4.2, appendix A).
 
     ``target_grid`` (broadcastable to the maps): a bool ``[rows, cols]`` mask, or an area-coverage map (e.g.
     ``GridGeometry.mask_to_grid``) binarised at ``>= 0.5``. An empty union gives 0.
@@ -351,7 +357,7 @@ def pseudo_mask_iou(maps, target_grid) -> np.ndarray:
 
 
 def rank_iou_correlation(frequency, mean_iou, min_frequency: float = 0.01) -> tuple[float, int]:
-    """Spearman rho between selection frequency and mean pseudo-mask IoU over heads chosen >= ``min_frequency``.
+    """Spearman rho of selection frequency vs mean pseudo-mask IoU, heads chosen >= ``min_frequency`` (Fig. 6b).
 
     Returns ``(rho, n_heads_used)``; rho > 0 means more frequently chosen heads localize better (rank 1 = most
     frequent, so rho against the rank itself is ``-rho``). ``nan`` with fewer than 3 heads or constant inputs.

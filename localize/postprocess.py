@@ -5,6 +5,15 @@ the sum to the original image through :meth:`GridGeometry.to_image` (padding dro
 default), split the binary map into 8-connected components, keep the component whose convex hull is largest, and
 return the tight box around that hull.
 
+Paper (Kang et al. §5, Fig. 7; appendix B.2): Gaussian smoothing with kernel 7 and sigma 1.0, element-wise sum of
+the k heads' maps, binarisation at the mean, the convex hull (Graham [13]) of each component, the largest hull kept,
+its tight bounding box; for RES that box prompts SAM (``refine/``). Where we differ, one line each:
+
+- smoothing scales with the grid (kernel and sigma x min(rows, cols) / 24; the paper's values are LLaVA-1.5's 24x24);
+- the summed map is resampled to the image before binarising (the paper does not say at which resolution);
+- equal hull areas go to the component with more attention mass (the paper is silent);
+- the mask without SAM (``mask_mode``) is ours: the paper's RES masks come from SAM.
+
 Conventions: boxes are (x0, y0, x1, y1) in continuous pixels (pixel ``x`` spans ``[x, x + 1)``), so a component
 covering columns 10..19 has ``x0 = 10, x1 = 20``. A component's convex hull is taken over its pixels' corners, so
 a single pixel has hull area 1 and the hull's tight box equals the component's bounding box.
@@ -98,6 +107,8 @@ def _as_array(maps: object) -> np.ndarray:
 def smooth_maps(maps: np.ndarray, kernel: int = 7, sigma: float = 1.0) -> np.ndarray:
     """Gaussian-smooth each ``[rows, cols]`` map of ``maps [k, rows, cols]`` (or one 2-D map); float32 out.
 
+    Kang et al. §5 and appendix B.2 (kernel 7, sigma 1.0; Table 8 ablates both).
+
     ``cv2.GaussianBlur`` with ksize ``(kernel, kernel)`` and ``sigma`` on both axes; borders reflect without
     repeating the edge cell (``BORDER_REFLECT_101``, as torchvision's ``gaussian_blur``). ``sigma == 0`` or
     ``kernel == 1`` returns the maps unchanged (OpenCV would otherwise derive sigma from the kernel).
@@ -129,6 +140,8 @@ def _component_hull_area(component: np.ndarray) -> float:
 
 def maps_to_grounding(maps: np.ndarray, geometry: GridGeometry, settings: GroundingSettings | None = None) -> Grounding:
     """Head maps ``[k, rows, cols]`` -> :class:`Grounding` (box, mask, heatmap, score) in original-image pixels.
+
+    Kang et al. §5 (Fig. 7) and appendix B.2; differences from the paper are listed in the module docstring.
 
     A constant (or all-zero/non-finite) summed map carries no location: it yields the whole-image box, an empty
     mask, an all-zero heatmap and score 0.

@@ -1,5 +1,9 @@
 """SAM refinement of an attention-derived grounding (Kang et al., CVPR 2025, §5): box and/or point prompts -> mask.
 
+Prompts: the box (Kang et al. §5: the bounding box prompts SAM for RES), the argmax point (Cao et al.,
+attend-and-segment, sec. 3: "the coordinate that has the highest normalized attention"), or points sampled as in
+Look&Learn appendix C.2 (:func:`sample_points`).
+
 Coordinates: the toolkit's boxes and points are continuous original-image pixels (pixel ``x`` spans ``[x, x + 1)``).
 ``SamPredictor`` takes original-image coordinates, applies its own ResizeLongestSide transform, and its prompt
 encoder adds 0.5 ("shift to center of pixel"), i.e. it reads coordinates as pixel indices. So a point at the centre
@@ -88,7 +92,10 @@ def sample_points(
     tau_neg: float = 0.2,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positive/negative point prompts from a ``[H, W]`` map (Look&Learn, appendix C.2).
+    """Positive/negative point prompts from a ``[H, W]`` map (Look&Learn, appendix C.2.3-C.2.4).
+
+    Differs from C.2: negatives are ``<= tau_neg`` (paper ``<``); too few positive candidates give fewer points
+    (the paper samples with replacement up to ``N_pos``); the map is max-normalised before the thresholds.
 
     The map is normalised by its max; positives are drawn without replacement among pixels >= ``tau_pos`` with
     probability proportional to the map (the argmax pixel when none qualifies; none for an all-zero map),
@@ -119,7 +126,7 @@ def sample_points(
 
 
 def argmax_point(heatmap: np.ndarray) -> np.ndarray:
-    """The map's maximum as a ``[1, 2]`` (x, y) pixel centre in continuous pixels."""
+    """The map's maximum as a ``[1, 2]`` (x, y) pixel centre in continuous pixels (attend-and-segment's SAM prompt)."""
     heat = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=-np.inf)
     row, col = np.unravel_index(int(np.argmax(heat)), heat.shape)
     return np.array([[col + 0.5, row + 0.5]])
