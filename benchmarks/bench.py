@@ -19,7 +19,7 @@ differ from the directory's manifest is refused, so results of different setting
 raising ``--limit`` only adds rows. Under ``accelerate launch`` the images of each split are dealt round-robin to the
 processes, each appends to ``<split>.shard<i>.jsonl``, and the main process merges the shards into ``<split>.jsonl``.
 
-Metrics (see :mod:`benchmarks.metrics`): boxes are (x0, y0, x1, y1) in continuous original-image pixels (pixel x spans
+Metrics (see :mod:`localize.benchmarks.metrics`): boxes are (x0, y0, x1, y1) in continuous original-image pixels (pixel x spans
 [x, x + 1), area = w * h, no +1). REC: Acc@0.5 = fraction of expressions whose predicted box has IoU >= 0.5 with the
 target. RES: cIoU = sum(I) / sum(U) over the split, mIoU = mean per-expression I / U; an empty prediction has IoU 0
 and its target's area still counts in U. One sample per expression. JSON holds fractions, tables print percent.
@@ -51,6 +51,7 @@ import numpy as np
 from localize.errors import ImageError, InputError, LocalizeError
 from localize.files import atomic_write_text
 from localize.postprocess import mask_to_rle, rle_to_mask
+from localize.published import load_heads_for
 
 from .metrics import RecAccumulator, ResAccumulator, box_iou, mask_intersection_union
 from .paper_results import paper_table_rows
@@ -496,21 +497,12 @@ def _row(
 
 
 # -- heads -----------------------------------------------------------------------------------------------------------
-def _heads_for(vlm: Any, spec: Any) -> list[tuple[int, int]]:
-    from heads.discover import load_heads_for
-
-    found = load_heads_for(vlm, spec)
-    if isinstance(found, tuple) and len(found) == 2 and isinstance(found[1], (str, type(None))):
-        found = found[0]  # (heads, source) form
-    return [(int(layer), int(head)) for layer, head in found]
-
-
 def _first_k(heads: list[tuple[int, int]], k: int | None, heads_file: str | None) -> list[tuple[int, int]]:
     """The first ``k`` heads; a heads file with fewer selected heads is extended by its frequency ranking."""
     if k is None or k <= len(heads):
         return heads[: k or len(heads)]
     if heads_file is not None:
-        from heads import load_heads, top_heads
+        from localize.heads import load_heads, top_heads
 
         hf = load_heads(heads_file)
         if hf.frequency is not None:
@@ -526,10 +518,10 @@ def _is_heads_file(spec: str) -> bool:
 
 
 def _discover_heads(vlm: Any, args: argparse.Namespace, out: Path, state: Any) -> Path:
-    """Run discovery (``heads.discover.discover``) into ``OUT/heads.json`` unless it is there from an earlier run."""
-    from heads.discover import discover, draw_samples
+    """Run discovery (``localize.heads.discover.discover``) into ``OUT/heads.json`` unless it is there from an earlier run."""
+    from localize.heads.discover import discover, draw_samples
 
-    from .datasets import open_dataset
+    from localize.data.registry import open_dataset
 
     path = out / "heads.json"
     if path.exists():
@@ -566,7 +558,7 @@ def _discover_heads(vlm: Any, args: argparse.Namespace, out: Path, state: Any) -
 def _method_label(args: argparse.Namespace, heads: Sequence[tuple[int, int]]) -> str:
     if args.method:
         return args.method
-    from heads import format_head
+    from localize.headsfile import format_head
 
     base = "oracle maps" if args.oracle_maps else f"heads {', '.join(format_head(h) for h in heads)}"
     smoothing = f"kernel {args.kernel}, sigma {args.sigma:g}" + (" scaled" if args.scale_smoothing else "")
@@ -690,12 +682,12 @@ def _build_localizer(args: argparse.Namespace, out: Path, state: Any) -> tuple[A
     heads_file: str | None = None
     if args.heads_from_discovery:
         heads_file = os.fspath(_discover_heads(vlm, args, out, state))
-        heads = _heads_for(vlm, heads_file)
+        heads = list(load_heads_for(vlm, heads_file).heads)
         source = "discovery"
     else:
         if isinstance(args.heads, str) and args.heads.strip().lower() != "auto" and _is_heads_file(args.heads):
             heads_file = args.heads
-        heads = _heads_for(vlm, args.heads)
+        heads = list(load_heads_for(vlm, args.heads).heads)
         source = args.heads
     heads = _first_k(heads, args.k, heads_file)
     settings = GroundingSettings(
@@ -703,7 +695,7 @@ def _build_localizer(args: argparse.Namespace, out: Path, state: Any) -> tuple[A
     )
     refiner = None
     if args.sam:
-        from refine.sam import SamRefiner
+        from localize.refine.sam import SamRefiner
 
         refiner = SamRefiner(args.sam, model_type=args.sam_type, device=str(vlm.model.device))
     loc = Localizer(vlm, heads, settings=settings, sam=refiner, sam_prompt=args.prompt, heads_source=source)
@@ -722,7 +714,7 @@ def _build_localizer(args: argparse.Namespace, out: Path, state: Any) -> tuple[A
 
 def run_bench(args: argparse.Namespace) -> dict:
     """Run the benchmark described by ``args`` (see :func:`add_arguments`); returns the summary."""
-    from .datasets import open_dataset
+    from localize.data.registry import open_dataset
 
     if not args.model:
         raise InputError("--model is required (or --compare BASE_DIR FT_DIR)")

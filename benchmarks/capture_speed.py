@@ -1,6 +1,6 @@
 """Capture speed and peak memory against the eager ``output_attentions=True`` anchor, side by side in one run.
 
-    python -m benchmarks.capture_speed [--layers 8 --hidden 512 --threads 1 --repeats 5]
+    python -m localize.benchmarks.capture_speed [--layers 8 --hidden 512 --threads 1 --repeats 5]
 
 A random-weight LLaVA of realistic shape for a CPU (default: 8 decoder layers, hidden 512, 8 heads, 24x24 = 576
 image tokens). Each mode runs in its own subprocess so its peak memory is its own: the process's peak RSS
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for mode in MODES:
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.capture_speed", "--worker", mode, *common],
+            [sys.executable, "-m", "localize.benchmarks.capture_speed", "--worker", mode, *common],
             capture_output=True,
             text=True,
             check=True,

@@ -6,10 +6,10 @@ diffuse heads, broad heads (a wide smooth bump: one big above-mean region), sink
 compact blob off the target in half the samples) and *sometimes* heads (on the target in a third of the samples).
 Mean ``S_img`` per head follows Kang et al.'s Fig. 3 (most heads low, a tail high), with per-sample noise.
 
-The toolkit's real aggregation (:func:`heads.discover._aggregate`: tau on the mean ``S_img`` curve, per-sample
+The toolkit's real aggregation (:func:`localize.heads.discover._aggregate`: tau on the mean ``S_img`` curve, per-sample
 votes for the 10 lowest entropies, frequencies, top-k) runs on the simulated statistics for N = 100, 300, 1000
 samples (prefixes of one run per seed), and so does a port of the official ``seilk/LocalizationHeads`` analysis,
-bugs included (:func:`official_rank_sample`). ``python -m benchmarks.discovery_sim`` prints both side by side,
+bugs included (:func:`official_rank_sample`). ``python -m localize.benchmarks.discovery_sim`` prints both side by side,
 plus the measurements that chose the tau method and the tie rule. ``tests/test_discovery_sim.py`` runs a small
 instance as the regression guard of every change to discovery.
 """
@@ -23,8 +23,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from heads.discover import _aggregate
-from heads.scoring import TAU_METHODS, TIE_RULES, attention_sum, max_curvature_threshold, spatial_entropy
+from localize.heads.discover import _aggregate
+from localize.heads.scoring import TAU_METHODS, TIE_RULES, attention_sum, max_curvature_threshold, spatial_entropy
 
 DIFFUSE, PLANTED, SINK, ROAMING, SOMETIMES, BROAD = range(6)
 OFFICIAL_PER_SAMPLE = 10  # the paper's 10 lowest entropies per sample (the repository has no vote step)
@@ -196,7 +196,7 @@ def official_votes(sums: np.ndarray, official_entropy: np.ndarray, per_sample: i
 
 # -- the toolkit's aggregation on the simulation -----------------------------------------------------------------
 def toolkit_result(sim: Simulation, n: int, tau_method: str = "chord", tie="mean-entropy", per_sample: int = 10):
-    """The real :func:`heads.discover._aggregate` on the first ``n`` samples (layers >= ``skip_layers``)."""
+    """The real :func:`localize.heads.discover._aggregate` on the first ``n`` samples (layers >= ``skip_layers``)."""
     cfg = sim.config
     skip = cfg.skip_layers * cfg.heads
     header = {"num_layers": cfg.layers, "num_heads": cfg.heads, "skip_layers": cfg.skip_layers}
@@ -347,8 +347,8 @@ def compare_choices(sims: list[Simulation], sizes: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.discovery_sim``: the planted-heads table (toolkit vs official) and the choices."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.discovery_sim", description=__doc__.split("\n")[0])
+    """``python -m localize.benchmarks.discovery_sim``: the planted-heads table (toolkit vs official) and the choices."""
+    parser = argparse.ArgumentParser(prog="python -m localize.benchmarks.discovery_sim", description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=10, help="simulator seeds (default 10)")
     parser.add_argument(
         "--samples", default="100,300,1000", help="N values, prefixes of one run (default 100,300,1000)"

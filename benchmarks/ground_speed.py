@@ -1,8 +1,8 @@
 """``ground_many`` (5 phrases, one image prefix) vs 5 ``ground`` calls vs the eager anchor, side by side.
 
-    python -m benchmarks.ground_speed [--layers 8 --hidden 512 --threads 1 --repeats 3]
+    python -m localize.benchmarks.ground_speed [--layers 8 --hidden 512 --threads 1 --repeats 3]
 
-Same random-weight LLaVA as ``benchmarks.capture_speed`` (576 image tokens). The eager anchor runs each phrase with
+Same random-weight LLaVA as ``localize.benchmarks.capture_speed`` (576 image tokens). The eager anchor runs each phrase with
 ``output_attentions=True`` and the same maps -> box/mask step, so every column does the same work per phrase.
 """
 
@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 
-from benchmarks.capture_speed import PHRASES, add_model_arguments, realistic_llava
+from localize.benchmarks.capture_speed import PHRASES, add_model_arguments, realistic_llava
 
 
 def main(argv: list[str] | None = None) -> int:

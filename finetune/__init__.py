@@ -1,6 +1,6 @@
 """Where-to-Look fine-tuning of a VLM's localization heads: targets, attention losses, LoRA training, export.
 
-``localize finetune --model M --heads H --data shapes --out DIR`` (see :mod:`finetune.train`).
+``localize finetune --model M --heads H --data shapes --out DIR`` (see :mod:`localize.finetune.train`).
 """
 
 from .losses import attention_loss, kl_attention_loss, lambda_schedule, where_to_look_loss

@@ -70,6 +70,6 @@ def target_grid(
 
 
 def sample_target(sample: Any, geometry: GridGeometry, *, sigma: float = 0.0, use_mask: bool = True) -> torch.Tensor:
-    """Target of a :class:`~benchmarks.data.GroundingSample` (mask when it has one, else box), summing to 1."""
+    """Target of a :class:`~localize.data.sample.GroundingSample` (mask when it has one, else box), summing to 1."""
     mask = sample.mask() if use_mask and sample.has_mask else None
     return torch.from_numpy(target_grid(geometry, mask, tuple(sample.box), sigma=sigma, normalize=True))

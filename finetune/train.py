@@ -1,9 +1,9 @@
 """Where-to-Look fine-tuning: LoRA on the language model, next-token loss + λ(t) × attention loss of the heads.
 
 Objective per batch: ``ntp + λ(t) · att``, where ``ntp`` is the next-token loss on each sample's answer (the sample
-is the grounding prompt followed by a short answer, see :mod:`finetune.attention`) and ``att`` the attention loss
-(:mod:`finetune.losses`) of the supervised heads' maps at the query token against the sample's target grid
-(:mod:`finetune.targets`). Answers: the sample's own ``answer`` when its source has one (the shapes world);
+is the grounding prompt followed by a short answer, see :mod:`localize.finetune.attention`) and ``att`` the attention loss
+(:mod:`localize.finetune.losses`) of the supervised heads' maps at the query token against the sample's target grid
+(:mod:`localize.finetune.targets`). Answers: the sample's own ``answer`` when its source has one (the shapes world);
 otherwise (RefCOCO) the COCO category word of the referred object ("man", "dog"), else the expression itself. A
 one-word true answer keeps the language head in distribution (no new format, nothing false is taught) while
 the grounding signal comes from the attention loss.
@@ -36,6 +36,7 @@ import torch
 
 from localize.capture import Head, all_heads
 from localize.errors import InputError
+from localize.published import load_heads_for
 
 from .attention import QUERY_MODES, build_training_batch, forward_with_attention
 from .losses import ATTENTION_LOSSES, COMBINE_MODES, SCHEDULES, attention_loss, lambda_schedule
@@ -108,16 +109,6 @@ class TrainResult:
 
 
 # -- setup ---------------------------------------------------------------------------------------------------------
-def resolve_heads(vlm: Any, spec: str | Sequence | os.PathLike) -> tuple[list[Head], Path | None]:
-    """Heads and their file (None when not from a file) from ``"auto"`` (a ``heads.json`` beside the model, else
-    the published heads), a heads file, ``"L14 H24,..."`` or (layer, head) pairs: :func:`heads.discover.load_heads_for`."""
-    from heads.discover import load_heads_for
-
-    found = load_heads_for(vlm, spec)
-    source = Path(found.source) if found.source and os.path.isfile(found.source) else None
-    return list(found.heads), source
-
-
 def _layer_list(spec: str, deepest: int, num_layers: int) -> list[int]:
     if spec == "auto":
         return list(range(deepest + 1))
@@ -200,7 +191,7 @@ def open_training_data(config: TrainConfig, world: int = 1) -> Sequence[Any]:
     The shapes world is procedural: without ``limit`` a ``--steps`` run gets a fresh scene for every sample it draws
     (a fixed 1000 would be seen many times over and memorised).
     """
-    from benchmarks.datasets import open_dataset
+    from localize.data.registry import open_dataset
 
     extra = {}
     if config.data == "shapes":
@@ -387,7 +378,7 @@ def export_merged(
     info: dict | None = None,
 ) -> tuple[Path, torch.nn.Module]:
     """Merge LoRA into the base (``merge_and_unload``) and save model + processor + ``heads.json`` to ``out_dir``."""
-    from heads import save_heads
+    from localize.headsfile import save_heads
 
     out_dir = Path(out_dir)
     merged = model.merge_and_unload()
@@ -458,7 +449,8 @@ def train(
     samples = dataset if dataset is not None else open_training_data(config, accelerator.num_processes)
     if len(samples) == 0:
         raise InputError(f"no samples in {config.data} / {config.split}")
-    heads, heads_source = resolve_heads(vlm, config.heads)
+    found = load_heads_for(vlm, config.heads)
+    heads, heads_source = list(found.heads), found.file
     supervised = all_heads(vlm.num_layers, vlm.num_heads) if config.supervise == "all-layers" else heads
     combine = "mean" if config.supervise == "all-layers" else config.combine
     deepest = max(layer for layer, _ in supervised)

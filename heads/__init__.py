@@ -1,12 +1,15 @@
-"""Localization-head discovery: scoring (S_img, spatial entropy, tau, votes), the heads file, published heads, figures,
-the discovery run (:mod:`heads.discover`, ``localize discover``) and :func:`load_heads_for` (heads for inference).
+"""Localization-head discovery: scoring (S_img, spatial entropy, tau, votes), figures and the discovery run
+(:mod:`localize.heads.discover`, ``localize discover``). The heads file, the published heads and
+:func:`load_heads_for` are part of the core (:mod:`localize.headsfile`, :mod:`localize.published`); they are
+re-exported here for convenience.
 
-Figures live in :mod:`heads.figures` (imported lazily: matplotlib is only loaded when a figure is drawn).
+Figures live in :mod:`localize.heads.figures` (imported lazily: matplotlib is only loaded when a figure is drawn).
 """
 
-from .discover import DiscoveryResult, ResolvedHeads, load_heads_for
-from .headsfile import HeadsFile, format_head, load_heads, parse_heads, save_heads, validate_heads
-from .registry import PUBLISHED, PublishedHeads, published_entry, published_heads
+from localize.headsfile import HeadsFile, format_head, load_heads, parse_heads, save_heads, validate_heads
+from localize.published import PUBLISHED, PublishedHeads, ResolvedHeads, load_heads_for, published_entry, published_heads
+
+from .discover import DiscoveryResult
 from .scoring import (
     attention_sum,
     finite_mean,

@@ -38,8 +38,7 @@ import numpy as np
 
 from localize.errors import DataError, HeadsMismatchError, InputError, LocalizeError
 
-from .headsfile import HeadsFile, format_head, load_heads, save_heads, validate_heads
-from .registry import PUBLISHED, published_entry
+from localize.headsfile import HeadsFile, format_head, save_heads
 from .scoring import (
     TAU_METHODS,
     TIE_RULES,
@@ -57,12 +56,10 @@ from .scoring import (
 
 __all__ = [
     "DiscoveryResult",
-    "ResolvedHeads",
     "add_arguments",
     "discover",
     "draw_samples",
     "figure_paths",
-    "load_heads_for",
     "read_sidecar",
     "run",
     "sidecar_files",
@@ -630,58 +627,6 @@ def draw_samples(source: Any, n: int | None, seed: int = 0) -> tuple[list[Any], 
     return samples, [(f"{name}/#{int(i)}", failed[int(i)]) for i in chosen if int(i) in failed]
 
 
-# -- heads for inference ---------------------------------------------------------------------------------------------
-_HUB_CACHE = re.compile(r"models--([^/\\]+?)--([^/\\]+)")
-
-
-class ResolvedHeads(NamedTuple):
-    """Heads for a model (0-based ``(layer, head)``) and where they came from; unpacks as ``heads, source``."""
-
-    heads: list[tuple[int, int]]
-    source: str
-
-
-def _published_for(vlm: Any) -> ResolvedHeads:
-    from localize.models import ALIASES
-
-    spec = str(getattr(vlm, "spec", ""))
-    config = getattr(getattr(vlm, "model", None), "config", None)
-    candidates = [spec, ALIASES.get(spec, ""), str(getattr(config, "_name_or_path", "") or "")]
-    candidates += [f"{m[1]}/{m[2]}" for c in list(candidates) if (m := _HUB_CACHE.search(c))]  # HF cache folders
-    for name in candidates:
-        if name.strip().rstrip("/").lower() in PUBLISHED:
-            entry = published_entry(name)
-            if (entry.num_layers, entry.num_heads) != (vlm.num_layers, vlm.num_heads):
-                raise HeadsMismatchError(
-                    f"the published heads of {name} are for {entry.num_layers} layers x {entry.num_heads} heads, "
-                    f"but this model has {vlm.num_layers} x {vlm.num_heads}; run `localize discover` on it"
-                )
-            heads = validate_heads(list(entry.heads), vlm.num_layers, vlm.num_heads)
-            return ResolvedHeads(heads, f"published for {name} ({entry.source})")
-    published_entry(spec)  # no entry: raises, telling to run `localize discover`
-    raise HeadsMismatchError(f"no published heads for {spec!r}")
-
-
-def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
-    """Heads for ``vlm`` from ``"auto"``, a heads-file path or :class:`HeadsFile`, ``"L14 H24,L14 H13"``, or pairs.
-
-    ``"auto"``: ``heads.json`` in the model's directory (a fine-tuned export), else the published registry (by spec,
-    alias or hub id). Everything is checked against the model's layer/head counts (:class:`HeadsMismatchError`).
-    """
-    num_layers, num_heads = vlm.num_layers, vlm.num_heads
-    if isinstance(heads, HeadsFile):
-        return ResolvedHeads(validate_heads(heads, num_layers, num_heads), f"heads file of {heads.model}")
-    if isinstance(heads, (str, os.PathLike)):
-        text = os.fspath(heads).strip()
-        if text.lower() == "auto":
-            beside = Path(str(getattr(vlm, "source", None) or getattr(vlm, "spec", ""))) / "heads.json"
-            return load_heads_for(vlm, beside) if beside.is_file() else _published_for(vlm)
-        if isinstance(heads, os.PathLike) or text.lower().endswith(".json") or os.path.isfile(text):
-            return ResolvedHeads(validate_heads(load_heads(text), num_layers, num_heads), text)
-        return ResolvedHeads(validate_heads(text, num_layers, num_heads), "given")
-    return ResolvedHeads(validate_heads(heads, num_layers, num_heads), "given")
-
-
 # -- command line ----------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``localize discover``."""
@@ -738,7 +683,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``localize discover``: print the selected heads and the files written."""
     import torch
 
-    from benchmarks.datasets import open_dataset
+    from localize.data.registry import open_dataset
     from localize.models import load_model
 
     if args.samples < 1:

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .headsfile import format_head
+from localize.headsfile import format_head
 
 __all__ = ["plot_frequency_bars", "plot_rank_iou", "plot_sum_curve"]
 

@@ -5,14 +5,13 @@ maps = vlm.capture(image, ["the dog on the left"], heads=[(14, 24), (14, 13)])
 loc = localize.load("shapes-tiny")                   # model + its heads -> Localizer.ground(image, phrase)
 """
 
-__version__ = "0.1.0"
-
 from .capture import AttentionMaps, all_heads
 from .errors import LocalizeError
 from .geometry import GridGeometry
 from .grounder import Localizer, load
 from .images import load_image
 from .models import VLM, load_model
+from .version import __version__
 
 __all__ = [
     "VLM",

@@ -25,6 +25,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from .adapters import Adapter, PreparedBatch
 from .errors import HeadsMismatchError, InputError
 from .geometry import GridGeometry
+from .headsfile import validate_heads
 from .images import ImageLike, load_image
 
 CAPTURE_ATTENTION = "localize_sdpa"
@@ -153,22 +154,6 @@ class AttentionMaps:
 def all_heads(num_layers: int, num_heads: int, skip_layers: int = 0) -> list[Head]:
     """Every (layer, head) from layer ``skip_layers`` on."""
     return [(layer, head) for layer in range(skip_layers, num_layers) for head in range(num_heads)]
-
-
-def validate_heads(heads: Iterable[Head], num_layers: int, num_heads: int) -> list[Head]:
-    """Deduplicated heads in the given order; HeadsMismatchError for one that does not fit the model."""
-    out: list[Head] = []
-    for head in heads:
-        layer, index = (int(v) for v in head)
-        if not (0 <= layer < num_layers and 0 <= index < num_heads):
-            raise HeadsMismatchError(
-                f"head (layer {layer}, head {index}) does not fit a model with {num_layers} layers x {num_heads} heads"
-            )
-        if (layer, index) not in out:
-            out.append((layer, index))
-    if not out:
-        raise HeadsMismatchError("no heads requested")
-    return out
 
 
 def _heads_by_layer(heads: Sequence[Head]) -> dict[int, torch.Tensor]:

@@ -14,16 +14,16 @@ from .errors import LocalizeError
 # name -> (module, function adding arguments, function running, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "models": ("localize.cli", "add_models_arguments", "run_models", "list model aliases and supported families"),
-    "discover": ("heads.discover", "add_arguments", "run", "find a model's localization heads"),
-    "ground": ("localize.ground_cli", "add_arguments", "run", "ground a phrase in an image: box, mask, overlay"),
-    "demo": ("localize.ground_cli", "add_demo_arguments", "run_demo", "render a shapes scene and ground 3 expressions"),
-    "bench": ("benchmarks.bench", "add_arguments", "run", "REC / RES benchmarks, resumable; --compare two runs"),
-    "reproduce": ("benchmarks.bench", "add_reproduce_arguments", "run_reproduce", "the paper's protocol end to end"),
-    "finetune": ("finetune.train", "add_arguments", "run", "Where-to-Look fine-tuning of the localization heads"),
+    "discover": ("localize.heads.discover", "add_arguments", "run", "find a model's localization heads"),
+    "ground": ("localize.commands.ground", "add_arguments", "run", "ground a phrase in an image: box, mask, overlay"),
+    "demo": ("localize.commands.ground", "add_demo_arguments", "run_demo", "render a shapes scene and ground 3 expressions"),
+    "bench": ("localize.benchmarks.bench", "add_arguments", "run", "REC / RES benchmarks, resumable; --compare two runs"),
+    "reproduce": ("localize.benchmarks.bench", "add_reproduce_arguments", "run_reproduce", "the paper's protocol end to end"),
+    "finetune": ("localize.finetune.train", "add_arguments", "run", "Where-to-Look fine-tuning of the localization heads"),
 }
 DATA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "check": (
-        "benchmarks.datasets",
+        "localize.data.registry",
         "add_data_check_arguments",
         "run_data_check",
         "check a dataset's layout and files",

@@ -68,7 +68,7 @@ class Localizer:
         sam_prompt: str = "box",
         heads_source: str | None = None,
     ) -> None:
-        from .capture import validate_heads
+        from .headsfile import validate_heads
 
         self.vlm = vlm
         self.heads = tuple(validate_heads(heads, vlm.num_layers, vlm.num_heads))
@@ -215,13 +215,13 @@ def load(
     """A :class:`Localizer`: ``model`` as for :func:`load_model`; ``heads`` "auto" (published/shipped heads), a
     heads-file path, a string such as ``"L14 H24,L14 H13"`` or a list of (layer, head); ``sam`` a checkpoint path
     or a built ``Sam``."""
-    from heads.discover import load_heads_for
+    from .published import load_heads_for
 
     vlm = load_model(model, **load_options)
     chosen, source = load_heads_for(vlm, heads)
     refiner = None
     if sam is not None:
-        from refine.sam import SamRefiner
+        from localize.refine.sam import SamRefiner
 
         refiner = SamRefiner(sam, model_type=sam_type, device=str(vlm.model.device))
     return Localizer(vlm, chosen, settings=settings, sam=refiner, sam_prompt=sam_prompt, heads_source=source)

@@ -11,10 +11,10 @@ import pytest
 from conftest import FIXTURE_DIR
 from PIL import Image
 
-from benchmarks import bench
-from benchmarks.datasets import open_dataset
-from benchmarks.metrics import box_iou, mask_intersection_union
-from benchmarks.paper_results import PAPER_RESULTS, SPLITS, paper_row
+from localize.benchmarks import bench
+from localize.data.registry import open_dataset
+from localize.benchmarks.metrics import box_iou, mask_intersection_union
+from localize.benchmarks.paper_results import PAPER_RESULTS, SPLITS, paper_row
 from localize.cli import main
 
 pytestmark = pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"RefCOCO fixture not found at {FIXTURE_DIR}")
@@ -240,10 +240,10 @@ def test_parse_splits_and_paper_table():
 
 
 def test_sam_refines_the_masks(workspace, tmp_path, monkeypatch):
-    import refine.sam
-    from refine.testing import tiny_sam
+    import localize.refine.sam
+    from localize.refine.testing import tiny_sam
 
-    monkeypatch.setattr(refine.sam, "load_sam", lambda path, model_type, device: tiny_sam().to(device).eval())
+    monkeypatch.setattr(localize.refine.sam, "load_sam", lambda path, model_type, device: tiny_sam().to(device).eval())
     checkpoint = tmp_path / "sam_tiny.pth"
     checkpoint.write_bytes(b"stand-in")  # load_sam is replaced: the file is only recorded
     out = tmp_path / "sam"
@@ -261,7 +261,7 @@ def test_sam_refines_the_masks(workspace, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def shapes_model(tmp_path_factory):
     """A saved tiny LLaVA whose word-level tokenizer knows the shapes world's words."""
-    from benchmarks.shapes import VOCABULARY
+    from localize.data.shapes import VOCABULARY
     from localize.testing import tiny_llava
 
     folder = tmp_path_factory.mktemp("shapes") / "model"
@@ -310,7 +310,7 @@ def test_answer_matches_compares_the_first_reference_words():
 
 
 def test_answer_task_rows_and_summary(answer_runs):
-    from benchmarks.shapes import ShapesDataset
+    from localize.data.shapes import ShapesDataset
 
     reference = {s.sample_id: s for s in (ShapesDataset(split="val")[i] for i in range(4))}
     rows = bench.read_rows(answer_runs["with"])[("shapes", "val")]

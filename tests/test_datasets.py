@@ -18,15 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from benchmarks.data import box_xywh_to_xyxy, decode_segmentation
-from benchmarks.datasets import (
+from localize.data.sample import box_xywh_to_xyxy, decode_segmentation
+from localize.data.registry import (
     add_data_check_arguments,
     check_dataset,
     format_check_report,
     open_dataset,
     run_data_check,
 )
-from benchmarks.refer import restricted_load
+from localize.data.refer import restricted_load
 from localize.errors import DataError, ImageError
 from localize.images import load_image
 
@@ -482,6 +482,6 @@ def test_open_dataset_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
     except DataError as err:
         pytest.skip(str(err))
     assert len(source) == 2 and source[0].split == "val"
-    monkeypatch.setitem(sys.modules, "benchmarks.shapes", None)  # as if the module did not exist
+    monkeypatch.setitem(sys.modules, "localize.data.shapes", None)  # as if the module did not exist
     with pytest.raises(DataError, match="shapes"):
         open_dataset("shapes", split="val")

@@ -12,9 +12,9 @@ import pytest
 from conftest import FIXTURE_DIR
 from PIL import Image
 
-from benchmarks.data import GroundingSample
-from benchmarks.datasets import open_dataset
-from heads import (
+from localize.data.sample import GroundingSample
+from localize.data.registry import open_dataset
+from localize.heads import (
     HeadsFile,
     attention_sum,
     finite_mean,
@@ -25,7 +25,8 @@ from heads import (
     spatial_entropy,
     top_heads,
 )
-from heads.discover import discover, draw_samples, load_heads_for, read_sidecar, sidecar_files
+from localize.heads.discover import discover, draw_samples, read_sidecar, sidecar_files
+from localize.published import load_heads_for
 from localize.errors import DataError, HeadsMismatchError, InputError
 from localize.models import VLM
 from localize.testing import tiny_llava

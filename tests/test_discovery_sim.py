@@ -14,14 +14,14 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter, label
 
-from benchmarks.discovery_sim import (
+from localize.benchmarks.discovery_sim import (
     SimConfig,
     evaluate,
     official_elbow_head_index,
     official_rank_sample,
     simulate,
 )
-from heads.scoring import spatial_entropy
+from localize.heads.scoring import spatial_entropy
 
 
 def _official_entropy_port(attention_map: torch.Tensor, threshold: float = 0.001) -> float:

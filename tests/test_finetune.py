@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.data import GroundingSample
-from finetune.attention import build_training_batch, forward_with_attention
-from finetune.losses import attention_loss, kl_attention_loss, lambda_schedule, where_to_look_loss
-from finetune.targets import sample_target, target_grid
-from finetune.train import (
+from localize.data.sample import GroundingSample
+from localize.finetune.attention import build_training_batch, forward_with_attention
+from localize.finetune.losses import attention_loss, kl_attention_loss, lambda_schedule, where_to_look_loss
+from localize.finetune.targets import sample_target, target_grid
+from localize.finetune.train import (
     TrainConfig,
     add_arguments,
     add_lora,
@@ -252,8 +252,8 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 
 def test_cli_run_exports_a_model_that_loads(tmp_path):
     import localize
-    from benchmarks.shapes import VOCABULARY, ShapesDataset
-    from heads import load_heads
+    from localize.data.shapes import VOCABULARY, ShapesDataset
+    from localize.heads import load_heads
 
     model, processor = tiny_llava(words=VOCABULARY)
     model.save_pretrained(tmp_path / "base")
@@ -282,7 +282,7 @@ def test_cli_run_exports_a_model_that_loads(tmp_path):
 
 
 def test_shapes_training_data_is_fresh_for_every_drawn_sample(tmp_path):
-    from finetune.train import open_training_data
+    from localize.finetune.train import open_training_data
 
     assert len(open_training_data(_config(tmp_path, data="shapes", steps=400, batch_size=4), world=2)) == 3200
     assert len(open_training_data(_config(tmp_path, data="shapes", steps=10, batch_size=4))) == 1000

@@ -80,8 +80,8 @@ def test_bad_input(localizer, noise_image, tiny_vlm):
 
 def test_sam_refines_through_the_api(tiny_llava_vlm, noise_image):
     pytest.importorskip("segment_anything")
-    from refine.sam import SamRefiner
-    from refine.testing import tiny_sam
+    from localize.refine.sam import SamRefiner
+    from localize.refine.testing import tiny_sam
 
     localizer = Localizer(tiny_llava_vlm, HEADS, sam=SamRefiner(tiny_sam(), device="cpu"))
     calls = []

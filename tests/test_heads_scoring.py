@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from heads import (
+from localize.heads import (
     HeadsFile,
     attention_sum,
     finite_mean,
@@ -30,7 +30,7 @@ from heads import (
     top_heads,
     validate_heads,
 )
-from heads.figures import plot_frequency_bars, plot_rank_iou, plot_sum_curve
+from localize.heads.figures import plot_frequency_bars, plot_rank_iou, plot_sum_curve
 from localize.errors import HeadsMismatchError, InputError, LocalizeError
 
 # --- spatial entropy ------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_unreadable_file_named(tmp_path):
 
 
 def test_dataset_images_keep_stored_orientation(tmp_path):
-    from benchmarks.data import GroundingSample
+    from localize.data.sample import GroundingSample
 
     image = Image.new("RGB", (30, 10))
     exif = image.getexif()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from benchmarks.metrics import (
+from localize.benchmarks.metrics import (
     RecAccumulator,
     ResAccumulator,
     box_iou,

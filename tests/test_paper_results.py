@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench
-from benchmarks.paper_results import (
+from localize.benchmarks import bench
+from localize.benchmarks.paper_results import (
     PAPER_RESULTS,
     REASONSEG_COLUMNS,
     REASONSEG_LISA,

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from localize.errors import InputError, LocalizeError
-from refine.sam import SamCheckpointError, SamRefiner, load_sam, sample_points
-from refine.testing import tiny_sam
+from localize.refine.sam import SamCheckpointError, SamRefiner, load_sam, sample_points
+from localize.refine.testing import tiny_sam
 
 HEIGHT, WIDTH = 48, 80  # non-square; SAM input 64 px: resized to (38, 64)
 SX, SY = 64 / WIDTH, 38 / HEIGHT

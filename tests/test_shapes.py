@@ -7,8 +7,8 @@ import argparse
 import numpy as np
 import pytest
 
-from benchmarks import shapes
-from benchmarks.data import GroundingSample
+from localize.data import shapes
+from localize.data.sample import GroundingSample
 
 KEYS = {"leftmost": (0, 1), "rightmost": (0, -1), "topmost": (1, 1), "bottommost": (1, -1)}
 
@@ -94,7 +94,7 @@ def test_splits_are_disjoint_seed_ranges():
 
 @pytest.mark.parametrize("pack", [1, 3])
 def test_training_labels_are_the_answers_after_each_expression(pack):
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = _tiny_trial_args(batch_size=6, pack=pack)
     _, processor = train_shapes.build_model(args)
@@ -114,7 +114,7 @@ def test_training_labels_are_the_answers_after_each_expression(pack):
 
 
 def test_finer_position_bins_for_training_trials():
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     scene, _ = shapes.sample_scene(shapes.scene_seed("val", 3), 3, 128)
     obj = scene.objects[0]
@@ -161,7 +161,7 @@ def test_shaded_world_hides_each_objects_shade_in_a_noisy_texture():
 def test_cluttered_world_adds_little_objects_and_asks_only_about_big_ones():
     """``clutter``: the plain scene's objects, then little ones in the free space; expressions single out their
     target among all of them; the dataset asks only about RefCOCO-sized targets, training about any."""
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     little_targets = 0
     for seed in range(20):
@@ -194,7 +194,7 @@ def test_cluttered_world_adds_little_objects_and_asks_only_about_big_ones():
 def test_shaded_training_labels_and_random_isolation():
     """``train_shapes --shaded``: the labels start at the shade word; ``--isolate-probability``: a share of the steps,
     deterministic in the step."""
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = _tiny_trial_args(batch_size=4, steps=400, shaded=True, isolate_probability=0.3)
     _, processor = train_shapes.build_model(args)
@@ -216,7 +216,7 @@ def test_isolated_local_image_tokens_for_training_trials():
     changes only that image token and the text after the image."""
     import torch
 
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = _tiny_trial_args(vision_feature_layer=-2, isolate_image_tokens=0.5)
     model, processor = train_shapes.build_model(args)
@@ -251,7 +251,7 @@ def test_patch_attribute_labels_and_training_run_resume(tmp_path, capsys):
 
     import torch
 
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     scene, _ = shapes.sample_scene(shapes.scene_seed("val", 5), 3, 64)
     labels = train_shapes.patch_attribute_labels([scene], 8)
@@ -290,7 +290,7 @@ def test_patch_attribute_labels_and_training_run_resume(tmp_path, capsys):
 def test_probe_reports_baselines_oracle_and_object_choice_by_kind():
     """``shapes_probe`` on a tiny untrained model: the oracle recovers the targets, and the best head's object choice
     is broken down by expression kind over every scene with more than one object."""
-    from benchmarks import shapes_probe, train_shapes
+    from localize.benchmarks.shapes_tiny import probe as shapes_probe, train_base as train_shapes
     from localize.models import VLM
 
     args = _tiny_trial_args(batch_size=4, image_size=128)
@@ -317,7 +317,7 @@ def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_pa
     import torch
 
     import localize.cli
-    from benchmarks import build_shapes_tiny, train_shapes
+    from localize.benchmarks.shapes_tiny import build as build_shapes_tiny, train_base as train_shapes
 
     default = torch.get_num_threads()
     calls = []
@@ -354,7 +354,7 @@ def test_query_reads_mask_leaves_one_route_from_the_image_to_the_answer():
     and a changed patch reaches only its grid neighbours among image tokens (local, 2 layers: at most 2 cells away)."""
     import torch
 
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = _tiny_trial_args(vision_feature_layer=-2, query_reads_probability=1.0)
     model, processor = train_shapes.build_model(args)
@@ -388,7 +388,7 @@ def test_text_steps_describe_the_scene_in_words_and_alignment_holds_the_language
     side only, and the image steps draw the same scenes as a run without text steps."""
     import json
 
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = _tiny_trial_args(batch_size=4)
     _, processor = train_shapes.build_model(args)
@@ -431,7 +431,7 @@ def test_text_steps_describe_the_scene_in_words_and_alignment_holds_the_language
 def test_text_order_attributes_first_moves_each_objects_position_to_its_end():
     """``--text-order attributes-first`` describes the same scene with the same words per object, the position
     moved after the attributes; the answers and their labels do not change."""
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     plain, reordered = _tiny_trial_args(batch_size=4), _tiny_trial_args(batch_size=4, text_order="attributes-first")
     for (text, described, targets), (text2, described2, targets2) in zip(
@@ -452,7 +452,7 @@ def test_text_order_attributes_first_moves_each_objects_position_to_its_end():
 def test_text_kinds_keep_only_those_expressions():
     """``--text-kinds attribute`` asks only attribute expressions ("the red circle") in the text steps; an unknown
     kind is refused."""
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     relation_or_superlative = {"above", "below", "left", "right", "leftmost", "rightmost", "topmost", "bottommost"}
     relation_or_superlative |= {"biggest", "smallest"}
@@ -477,7 +477,7 @@ def test_image_kinds_and_text_mix(tmp_path):
     text stage draws."""
     import json
 
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     def asked(args: argparse.Namespace, split: str) -> set[str]:
         return {
@@ -514,7 +514,7 @@ def test_text_object_choice_reads_each_heads_attention_at_the_query():
 
     import torch
 
-    from benchmarks import shapes_probe, train_shapes
+    from localize.benchmarks.shapes_tiny import probe as shapes_probe, train_base as train_shapes
 
     args = _tiny_trial_args(text_steps=5, shaded=False, clutter=0, text_clutter=2)
     _, processor = train_shapes.build_model(args)

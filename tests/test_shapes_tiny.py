@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from benchmarks import shapes
-from heads import load_heads
+from localize.data import shapes
+from localize.heads import load_heads
 from localize.cli import main
 from localize.models import EMBEDDED
 

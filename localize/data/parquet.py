@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from localize.errors import DataError, ImageError
 
-from .data import GroundingSample, box_xywh_to_xyxy
+from .sample import GroundingSample, box_xywh_to_xyxy
 
 TEXT_COLUMNS = (
     "sentences",

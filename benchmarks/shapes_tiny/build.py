@@ -1,6 +1,6 @@
 """Rebuild the shipped shapes-world models from their seed: ``shapes-tiny-base`` and ``shapes-tiny``.
 
-    python -m benchmarks.build_shapes_tiny --work runs/build [--install]
+    python -m localize.benchmarks.shapes_tiny.build --work runs/build [--install]
 
 Steps (each skipped when its output is on disk, and each resumable, so an interrupted build reruns as is):
 
@@ -59,7 +59,7 @@ def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path
     """Run the missing steps under ``work``; returns the base and fine-tuned model directories."""
     import torch
 
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
     from localize.cli import main as localize_main
 
     default_threads = torch.get_num_threads()  # training sets its own count; discovery and fine-tuning get this

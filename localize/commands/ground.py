@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from localize.errors import InputError
 
 DEFAULT_MODEL = "shapes-tiny"
 
@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_localizer(args: argparse.Namespace):
     """A :class:`~localize.grounder.Localizer` from the shared model/heads/SAM/smoothing arguments."""
-    from .grounder import load
-    from .postprocess import GroundingSettings
+    from localize.grounder import load
+    from localize.postprocess import GroundingSettings
 
     settings = GroundingSettings(
         kernel=args.kernel, sigma=args.sigma, scale_to_grid=args.scale_smoothing, mask_mode=args.mask_mode
@@ -63,7 +63,7 @@ def build_localizer(args: argparse.Namespace):
 
 
 def _report(localizer, image, groundings: list, out: str | None, viz: str | None, source: str) -> dict[str, Any]:
-    from .viz import render_gallery, render_overlay
+    from localize.viz import render_gallery, render_overlay
 
     result = {"image": source, "results": [g.to_json() for g in groundings], **localizer.info()}
     if out:
@@ -82,7 +82,7 @@ def _report(localizer, image, groundings: list, out: str | None, viz: str | None
 
 def run(args: argparse.Namespace) -> int:
     """Ground the phrase(s) and print one line per result; write JSON / overlay when asked."""
-    from .images import load_image
+    from localize.images import load_image
 
     image = load_image(args.image)
     localizer = build_localizer(args)
@@ -119,8 +119,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """Render a shapes scene, ground ``--count`` of its expressions with one image prefix, write the overlay."""
     import numpy as np
 
-    from benchmarks import shapes
-    from benchmarks.metrics import box_iou
+    from localize.data import shapes
+    from localize.benchmarks.metrics import box_iou
 
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 1_000_000_000)
     size = args.image_size or shapes.DEFAULT_IMAGE_SIZE

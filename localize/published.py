@@ -21,13 +21,16 @@ the same convention but were not re-derived. ``localize discover`` re-derives he
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from localize.errors import HeadsMismatchError
+from .errors import HeadsMismatchError
+from .headsfile import HeadsFile, format_head, load_heads, validate_heads
 
-from .headsfile import format_head
-
-__all__ = ["PUBLISHED", "PublishedHeads", "published_entry", "published_heads"]
+__all__ = ["PUBLISHED", "PublishedHeads", "ResolvedHeads", "load_heads_for", "published_entry", "published_heads"]
 
 PAPER = "Kang et al., CVPR 2025, arXiv:2503.06287"
 
@@ -91,3 +94,60 @@ def published_entry(model_id: str) -> PublishedHeads:
 def published_heads(model_id: str) -> list[tuple[int, int]]:
     """Published 0-based ``(layer, head)`` pairs for a hub id; :class:`HeadsMismatchError` when there is none."""
     return list(published_entry(model_id).heads)
+
+
+# -- heads for a loaded model ---------------------------------------------------------------------------------------------
+_HUB_CACHE = re.compile(r"models--([^/\\]+?)--([^/\\]+)")
+
+
+class ResolvedHeads(NamedTuple):
+    """Heads for a model (0-based ``(layer, head)``) and where they came from; unpacks as ``heads, source``."""
+
+    heads: list[tuple[int, int]]
+    source: str
+
+    @property
+    def file(self) -> Path | None:
+        """The heads file they were read from, or None (published, given as text or pairs)."""
+        return Path(self.source) if os.path.isfile(self.source) else None
+
+
+def _published_for(vlm: Any) -> ResolvedHeads:
+    from localize.models import ALIASES
+
+    spec = str(getattr(vlm, "spec", ""))
+    config = getattr(getattr(vlm, "model", None), "config", None)
+    candidates = [spec, ALIASES.get(spec, ""), str(getattr(config, "_name_or_path", "") or "")]
+    candidates += [f"{m[1]}/{m[2]}" for c in list(candidates) if (m := _HUB_CACHE.search(c))]  # HF cache folders
+    for name in candidates:
+        if name.strip().rstrip("/").lower() in PUBLISHED:
+            entry = published_entry(name)
+            if (entry.num_layers, entry.num_heads) != (vlm.num_layers, vlm.num_heads):
+                raise HeadsMismatchError(
+                    f"the published heads of {name} are for {entry.num_layers} layers x {entry.num_heads} heads, "
+                    f"but this model has {vlm.num_layers} x {vlm.num_heads}; run `localize discover` on it"
+                )
+            heads = validate_heads(list(entry.heads), vlm.num_layers, vlm.num_heads)
+            return ResolvedHeads(heads, f"published for {name} ({entry.source})")
+    published_entry(spec)  # no entry: raises, telling to run `localize discover`
+    raise HeadsMismatchError(f"no published heads for {spec!r}")
+
+
+def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
+    """Heads for ``vlm`` from ``"auto"``, a heads-file path or :class:`HeadsFile`, ``"L14 H24,L14 H13"``, or pairs.
+
+    ``"auto"``: ``heads.json`` in the model's directory (a fine-tuned export), else the published registry (by spec,
+    alias or hub id). Everything is checked against the model's layer/head counts (:class:`HeadsMismatchError`).
+    """
+    num_layers, num_heads = vlm.num_layers, vlm.num_heads
+    if isinstance(heads, HeadsFile):
+        return ResolvedHeads(validate_heads(heads, num_layers, num_heads), f"heads file of {heads.model}")
+    if isinstance(heads, (str, os.PathLike)):
+        text = os.fspath(heads).strip()
+        if text.lower() == "auto":
+            beside = Path(str(getattr(vlm, "source", None) or getattr(vlm, "spec", ""))) / "heads.json"
+            return load_heads_for(vlm, beside) if beside.is_file() else _published_for(vlm)
+        if isinstance(heads, os.PathLike) or text.lower().endswith(".json") or os.path.isfile(text):
+            return ResolvedHeads(validate_heads(load_heads(text), num_layers, num_heads), text)
+        return ResolvedHeads(validate_heads(text, num_layers, num_heads), "given")
+    return ResolvedHeads(validate_heads(heads, num_layers, num_heads), "given")

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-import localize
-from localize.errors import HeadsMismatchError, InputError
-from localize.files import atomic_write_text
+from .errors import HeadsMismatchError, InputError
+from .files import atomic_write_text
+from .version import __version__
 
 __all__ = ["HeadsFile", "format_head", "load_heads", "parse_heads", "save_heads", "validate_heads"]
 
@@ -57,7 +57,7 @@ class HeadsFile:
     frequency: np.ndarray | None = None
     mean_iou: np.ndarray | None = None
     settings: dict[str, Any] = field(default_factory=dict)
-    localize_version: str = localize.__version__
+    localize_version: str = __version__
     transformers_version: str | None = field(default_factory=_transformers_version)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .data import GroundingSample
+from .sample import GroundingSample
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

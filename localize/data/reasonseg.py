@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from localize.errors import DataError, ImageError
 
-from .data import GroundingSample, box_xywh_to_xyxy
+from .sample import GroundingSample, box_xywh_to_xyxy
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 SPLIT_DIRS = ("{split}", "ReasonSeg/{split}", "reason_seg/ReasonSeg/{split}", "reasonseg/{split}")

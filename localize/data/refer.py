@@ -21,7 +21,7 @@ from typing import Any
 
 from localize.errors import DataError
 
-from .data import GroundingSample, box_xywh_to_xyxy
+from .sample import GroundingSample, box_xywh_to_xyxy
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 KNOWN_SPLITS = {"unc": ("val", "testA", "testB", "train"), "umd": ("val", "test", "train"), "google": ("val", "train")}

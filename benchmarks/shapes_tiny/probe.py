@@ -1,9 +1,9 @@
 """Measure a shapes-world model the way issue 7 asks: discovered heads vs baselines vs the pipeline's ceiling.
 
-    python -m benchmarks.shapes_probe MODEL_DIR [--discover 200 | --heads auto] [--test 500] [--json out.json]
+    python -m localize.benchmarks.shapes_tiny.probe MODEL_DIR [--discover 200 | --heads auto] [--test 500] [--json out.json]
 
 MODEL_DIR is a ``save_pretrained`` directory, or a ``train_shapes`` checkpoint directory (exported first).
-Discovery runs the toolkit's own ``heads.discover`` on validation scenes; REC Acc@0.5 is then measured on test
+Discovery runs the toolkit's own ``localize.heads.discover`` on validation scenes; REC Acc@0.5 is then measured on test
 scenes for the top-k heads (the paper's pipeline, smoothing scaled to the grid), the mean of all heads' maps, the
 oracle (the target mask downsampled to the grid through the same step), and trivial boxes: the whole image, the
 largest object, a random object, a centred box of median target size. Per head: how often its peak cell is on the
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import shapes
-from benchmarks.metrics import box_iou
+from localize.data import shapes
+from localize.benchmarks.metrics import box_iou
 
 
 def trial_settings(path: str) -> dict:
@@ -43,7 +43,7 @@ def load_for_probe(path: str, settings: dict):
         return load_model(path, device="cpu", dtype="float32")
     from safetensors.torch import load_file
 
-    from benchmarks.train_shapes import build_model
+    from localize.benchmarks.shapes_tiny.train_base import build_model
 
     model, processor = build_model(argparse.Namespace(**settings))
     model.load_state_dict(load_file(Path(path) / "model.safetensors"), strict=False)
@@ -64,7 +64,8 @@ def probe(
     """Discovery on validation scenes (or the given ``heads_spec``: "auto", a heads file, "L2 H1,..."), then REC
     Acc@0.5 of the heads, baselines and the oracle on test scenes (``shaded``: of the shaded world; ``clutter``:
     with that many little objects, which the baselines' random object is not drawn from)."""
-    from heads.discover import discover, load_heads_for
+    from localize.heads.discover import discover
+    from localize.published import load_heads_for
     from localize.postprocess import GroundingSettings, maps_to_grounding
 
     torch.manual_seed(seed)
@@ -210,7 +211,7 @@ def text_object_choice(vlm, settings: dict, batches: int = 4) -> dict:
     head's target preference (median over expressions of its attention on the target's words over the mean on
     another object's), and how often the first answer word (the column; in a shaded world the shade) is right:
     whether the language model selects in its attention in words."""
-    from benchmarks import train_shapes
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = argparse.Namespace(**settings)
     model, tokenizer = vlm.model, vlm.processor.tokenizer

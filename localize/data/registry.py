@@ -19,7 +19,7 @@ from typing import Any
 
 from localize.errors import DataError, ImageError, LocalizeError
 
-from .data import SampleSource
+from .sample import SampleSource
 
 REFER_NAMES = {
     "refcoco": "refcoco",

@@ -1,6 +1,6 @@
 """Train the tiny shapes-world LLaVA from scratch: seeded, resumable, CPU-sized.
 
-    python -m benchmarks.train_shapes --out runs/shapes --steps 3000 [--threads 2] [--seed 0]
+    python -m localize.benchmarks.shapes_tiny.train_base --out runs/shapes --steps 3000 [--threads 2] [--seed 0]
 
 The model is a plain ``LlavaForConditionalGeneration`` built from a config (a shallow CLIP vision tower whose
 position embedding is a frozen 2-D sin-cos table, so image tokens stay local, and a small Llama), with a word-level
@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import shapes
+from localize.data import shapes
 
 
 def sincos_2d(side: int, dim: int) -> torch.Tensor:
