@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import LocalizeError
+from .refine.errors import RefineError
 
 # name -> (module, function adding arguments, function running, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except LocalizeError as err:
+    except (LocalizeError, RefineError) as err:
         print(f"localize: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

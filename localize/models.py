@@ -148,7 +148,7 @@ class VLM:
         """What to record beside results: spec, revision, family, shape, prompt template, versions."""
         import transformers
 
-        from . import __version__
+        from .version import __version__
 
         return {
             "spec": self.spec,

@@ -21,14 +21,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from localize.errors import InputError, LocalizeError
+from .errors import SamCheckpointError, SamInputError
 
 PROMPTS = ("box", "point", "points", "box+points")
 _EMBED_DIM_TO_TYPE = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
-
-
-class SamCheckpointError(LocalizeError):
-    """A SAM checkpoint that is missing, unreadable, or of another model type than requested."""
 
 
 def _preview(keys: list[str], limit: int = 5) -> str:
@@ -103,7 +99,7 @@ def sample_points(
     """
     heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float64)), 0.0, None)
     if heat.ndim != 2:
-        raise InputError(f"heatmap must be [H, W], got shape {heat.shape}")
+        raise SamInputError(f"heatmap must be [H, W], got shape {heat.shape}")
     peak = heat.max(initial=0.0)
     heat = heat / peak if peak > 0 else heat
     rng = np.random.default_rng(seed)
@@ -172,7 +168,7 @@ class SamRefiner:
         """Embed an RGB image (``[H, W, 3]`` uint8 or PIL); a no-op when it equals the current image."""
         array = np.asarray(image.convert("RGB")) if isinstance(image, Image.Image) else np.asarray(image)
         if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise InputError(f"SAM needs an [H, W, 3] uint8 RGB image, got {array.shape} {array.dtype}")
+            raise SamInputError(f"SAM needs an [H, W, 3] uint8 RGB image, got {array.shape} {array.dtype}")
         array = np.ascontiguousarray(array)
         key = (array.shape, hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest())
         if key == self._image_key:
@@ -221,17 +217,17 @@ class SamRefiner:
     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """The prompts :meth:`refine` uses, in continuous pixels: (points ``[N, 2]`` (x, y), labels, box), None when unused."""
         if self._image_key is None:
-            raise InputError("call set_image() before refine()")
+            raise SamInputError("call set_image() before refine()")
         if prompt not in PROMPTS:
-            raise InputError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+            raise SamInputError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
         heatmap = np.asarray(heatmap)
         width, height = self.image_size
         if heatmap.shape != (height, width):
-            raise InputError(f"heatmap of shape {heatmap.shape} does not match the image ({height}, {width})")
+            raise SamInputError(f"heatmap of shape {heatmap.shape} does not match the image ({height}, {width})")
         prompt_box = None
         if "box" in prompt:
             if box is None:
-                raise InputError(f"prompt {prompt!r} needs a box")
+                raise SamInputError(f"prompt {prompt!r} needs a box")
             prompt_box = np.asarray(box, dtype=np.float64).reshape(4)
         coords = labels = None
         if prompt == "point":
@@ -241,5 +237,5 @@ class SamRefiner:
             if len(coords) == 0:
                 coords = labels = None
         if coords is None and prompt_box is None:
-            raise InputError("no prompt to give SAM: n_pos and n_neg are both 0 and there is no box")
+            raise SamInputError("no prompt to give SAM: n_pos and n_neg are both 0 and there is no box")
         return coords, labels, prompt_box

@@ -8,7 +8,7 @@ import segment_anything
 import torch
 from PIL import Image
 
-from localize.errors import InputError, LocalizeError
+from localize.refine.errors import RefineError, SamInputError
 from localize.refine.sam import SamCheckpointError, SamRefiner, load_sam, sample_points
 from localize.refine.testing import tiny_sam
 
@@ -167,16 +167,16 @@ def test_set_image_is_cached(image: np.ndarray, monkeypatch: pytest.MonkeyPatch)
 
 def test_refine_input_errors(image: np.ndarray, heatmap: np.ndarray) -> None:
     refiner = SamRefiner(tiny_sam(img_size=64), device="cpu")
-    with pytest.raises(InputError):
+    with pytest.raises(SamInputError):
         refiner.refine(heatmap, box=(0, 0, 5, 5))  # no image yet
     refiner.set_image(image)
-    with pytest.raises(InputError):
+    with pytest.raises(SamInputError):
         refiner.refine(heatmap[:, :-1], box=(0, 0, 5, 5))
-    with pytest.raises(InputError):
+    with pytest.raises(SamInputError):
         refiner.refine(heatmap, prompt="box")  # no box
-    with pytest.raises(InputError):
+    with pytest.raises(SamInputError):
         refiner.refine(heatmap, box=(0, 0, 5, 5), prompt="scribble")
-    with pytest.raises(InputError):
+    with pytest.raises(SamInputError):
         refiner.set_image(image.astype(np.float32))
 
 
@@ -210,7 +210,7 @@ def test_wrong_checkpoint_kind(tmp_path, tiny_registry) -> None:
     message = str(err.value)
     assert "vit_h" in message and "looks like a vit_b" in message
     assert "shape mismatches [image_encoder." in message and "unexpected keys [extra.weight]" in message
-    assert isinstance(err.value, LocalizeError)
+    assert isinstance(err.value, RefineError)
 
 
 def test_wrong_checkpoint_against_the_real_registry(tmp_path) -> None:
