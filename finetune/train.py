@@ -188,13 +188,13 @@ def add_lora(
 def open_training_data(config: TrainConfig, world: int = 1) -> Sequence[Any]:
     """The samples of ``config.data`` / ``config.split`` (``limit``: the first N, for shapes its size).
 
-    The shapes world is procedural: without ``limit`` a ``--steps`` run gets a fresh scene for every sample it draws
-    (a fixed 1000 would be seen many times over and memorised).
+    A procedural source (the shapes world) is sized to the run: without ``limit`` a ``--steps`` run gets a fresh
+    scene for every sample it draws (a fixed 1000 would be seen many times over and memorised).
     """
-    from localize.data.registry import open_dataset
+    from localize.data.registry import dataset_spec, open_dataset
 
     extra = {}
-    if config.data == "shapes":
+    if dataset_spec(config.data).procedural:
         if config.limit:
             extra = {"size": config.limit}
         elif config.steps:

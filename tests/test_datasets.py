@@ -476,12 +476,18 @@ def test_reasonseg_round_trip(tmp_path: Path) -> None:
 # --- the shapes world ---------------------------------------------------------------------------------------
 
 
-def test_open_dataset_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        source = open_dataset("shapes", split="val", size=2)
-    except DataError as err:
-        pytest.skip(str(err))
+def test_open_dataset_shapes() -> None:
+    source = open_dataset("shapes", split="val", size=2)
     assert len(source) == 2 and source[0].split == "val"
-    monkeypatch.setitem(sys.modules, "localize.data.shapes", None)  # as if the module did not exist
     with pytest.raises(DataError, match="shapes"):
-        open_dataset("shapes", split="val")
+        open_dataset("shapes", split="holdout")
+
+
+def test_one_registry_knows_every_dataset() -> None:
+    from localize.data.registry import DATASETS, dataset_spec, paper_columns
+
+    assert dataset_spec("RefCOCO_plus") is DATASETS["refcoco+"] and dataset_spec("shapes").procedural
+    assert paper_columns()[:3] == [("refcoco", "val"), ("refcoco", "testA"), ("refcoco", "testB")]
+    assert len(paper_columns()) == 8 and dataset_spec("parquet:/x").name == "parquet:/x"
+    with pytest.raises(DataError, match="unknown dataset"):
+        dataset_spec("imagenet")

@@ -13,7 +13,8 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,22 @@ REFER_NAMES = {
     "refcoco_plus": "refcoco+",
     "refcocog": "refcocog",
 }
-DATASET_NAMES = ("refcoco", "refcoco+", "refcocog", "reasonseg", "parquet:PATH", "shapes")
 EXAMPLES = 5  # how many missing paths / unreadable reasons a report lists
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the toolkit knows of one data source, in one place: how to open a split and list its splits, the splits
+    a benchmark runs by default, the name tables show and the splits of the paper's tables (Kang et al., Tables 1-3),
+    in column order. ``procedural``: the source draws samples (the shapes world), so its size is chosen by the caller."""
+
+    name: str
+    display: str
+    open: Callable[..., SampleSource]
+    list_splits: Callable[..., list[str | None]]
+    bench_splits: tuple[str, ...] = ()
+    paper_splits: tuple[str, ...] = ()
+    procedural: bool = False
 
 
 def _data_root(data_root: str | os.PathLike | None, name: str) -> Path:
@@ -37,6 +52,115 @@ def _data_root(data_root: str | os.PathLike | None, name: str) -> Path:
     if not root:
         raise DataError(f"{name}: no data root; pass data_root (--data-root) or set LOCALIZE_DATA_ROOT")
     return Path(root).expanduser()
+
+
+def _open_refer(name: str) -> Callable[..., SampleSource]:
+    def open_split(data_root, split, image_root=None, **kw):
+        from .refer import RefDataset
+
+        return RefDataset(_data_root(data_root, name), name, split, image_root=image_root, **kw)
+
+    return open_split
+
+
+def _refer_splits(name: str) -> Callable[..., list[str | None]]:
+    def list_splits(data_root=None, **kw):
+        from .refer import DEFAULT_SPLIT_BY, KNOWN_SPLITS, find_dataset_dir, read_refer
+
+        split_by = kw.get("split_by") or DEFAULT_SPLIT_BY[name]
+        refs = read_refer(find_dataset_dir(_data_root(data_root, name), name, split_by), split_by)[0]
+        known = list(KNOWN_SPLITS.get(split_by, ()))
+        present = {r.get("split") for r in refs if isinstance(r, dict) and isinstance(r.get("split"), str)}
+        return known + sorted(present - set(known))
+
+    return list_splits
+
+
+def _open_reasonseg(data_root, split, image_root=None, **kw) -> SampleSource:
+    from .reasonseg import ReasonSegDataset
+
+    if image_root is not None:
+        raise DataError("reasonseg keeps each image beside its JSON; image_root does not apply")
+    return ReasonSegDataset(_data_root(data_root, "reasonseg"), split, **kw)
+
+
+def _reasonseg_splits(data_root=None, **kw) -> list[str | None]:
+    from .reasonseg import find_split_dir
+
+    found = []
+    for split in ("train", "val", "test"):
+        try:
+            find_split_dir(_data_root(data_root, "reasonseg"), split)
+            found.append(split)
+        except DataError:
+            pass
+    if not found:
+        raise DataError(f"reasonseg: no train/val/test folder under {_data_root(data_root, 'reasonseg')}")
+    return found
+
+
+def _open_shapes(data_root, split, image_root=None, **kw) -> SampleSource:
+    from .shapes import ShapesDataset
+
+    try:
+        return ShapesDataset(split=split, **kw)
+    except ValueError as err:
+        raise DataError(f"shapes: {err}") from err
+
+
+def _parquet_path(path: str, data_root: str | os.PathLike | None) -> str:
+    path = path or (os.fspath(data_root) if data_root is not None else "")
+    if not path:
+        raise DataError("parquet: give a path or dataset id, e.g. parquet:/data/refcoco or parquet:lmms-lab/RefCOCO")
+    return path
+
+
+def _parquet_spec(path: str) -> DatasetSpec:
+    def open_split(data_root, split, image_root=None, **kw):
+        from .parquet import ParquetDataset
+
+        return ParquetDataset(_parquet_path(path, data_root), split, image_root=image_root, **kw)
+
+    def list_splits(data_root=None, **kw):
+        from .parquet import resolve_source
+
+        root = resolve_source(_parquet_path(path, data_root), offline=kw.get("offline"))
+        names = {m.group(1) for f in root.rglob("*.parquet") if (m := re.match(r"^(.+?)-\d+-of-\d+", f.stem))}
+        return sorted(names) if root.is_dir() and names else [None]
+
+    return DatasetSpec(f"parquet:{path}", f"parquet:{path}", open_split, list_splits)
+
+
+_REFER_DISPLAY = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg"}
+_REFER_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
+DATASETS: dict[str, DatasetSpec] = {
+    **{
+        name: DatasetSpec(name, display, _open_refer(name), _refer_splits(name), _REFER_SPLITS[name], _REFER_SPLITS[name])
+        for name, display in _REFER_DISPLAY.items()
+    },
+    "reasonseg": DatasetSpec("reasonseg", "ReasonSeg", _open_reasonseg, _reasonseg_splits, ("val", "test")),
+    "shapes": DatasetSpec(
+        "shapes", "shapes", _open_shapes, lambda data_root=None, **kw: ["train", "val", "test"], ("val", "test"),
+        procedural=True,
+    ),
+}  # fmt: skip
+DATASET_NAMES = (*DATASETS, "parquet:PATH")
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name`` (refer aliases such as ``refcoco_plus`` and ``parquet:PATH`` included)."""
+    key = name.strip()
+    if key.lower().startswith("parquet:"):
+        return _parquet_spec(key[len("parquet:") :])
+    spec = DATASETS.get(REFER_NAMES.get(key.lower(), key.lower()))
+    if spec is None:
+        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    return spec
+
+
+def paper_columns() -> list[tuple[str, str]]:
+    """The (dataset, split) columns of the paper's REC / RES tables, in their order."""
+    return [(spec.name, split) for spec in DATASETS.values() for split in spec.paper_splits]
 
 
 def open_dataset(
@@ -48,78 +172,12 @@ def open_dataset(
     **kw: Any,
 ) -> SampleSource:
     """Open ``split`` of the data source ``name`` (see the module doc); extra keywords go to the source's class."""
-    key = name.strip()
-    if key.lower().startswith("parquet:"):
-        from .parquet import ParquetDataset
-
-        path = key[len("parquet:") :]
-        if not path and data_root is not None:
-            path = os.fspath(data_root)
-        if not path:
-            raise DataError(
-                "parquet: give a path or dataset id, e.g. parquet:/data/refcoco or parquet:lmms-lab/RefCOCO"
-            )
-        return ParquetDataset(path, split, image_root=image_root, **kw)
-    key = key.lower()
-    if key in REFER_NAMES:
-        from .refer import RefDataset
-
-        return RefDataset(_data_root(data_root, key), REFER_NAMES[key], split, image_root=image_root, **kw)
-    if key == "reasonseg":
-        from .reasonseg import ReasonSegDataset
-
-        if image_root is not None:
-            raise DataError("reasonseg keeps each image beside its JSON; image_root does not apply")
-        return ReasonSegDataset(_data_root(data_root, key), split, **kw)
-    if key == "shapes":
-        try:
-            from .shapes import ShapesDataset
-        except ModuleNotFoundError as err:
-            if err.name != f"{__package__}.shapes":
-                raise
-            raise DataError("the shapes world is not available: benchmarks/shapes.py is missing") from err
-        try:
-            return ShapesDataset(split=split, **kw)
-        except ValueError as err:
-            raise DataError(f"shapes: {err}") from err
-    raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    return dataset_spec(name).open(data_root, split, image_root=image_root, **kw)
 
 
 def default_splits(name: str, data_root: str | os.PathLike | None = None, **kw: Any) -> list[str | None]:
     """The splits ``check_dataset`` looks at when none are given (None: a parquet source without split files)."""
-    key = name.strip()
-    if key.lower().startswith("parquet:"):
-        from .parquet import resolve_source
-
-        root = resolve_source(key[len("parquet:") :] or os.fspath(data_root or ""), offline=kw.get("offline"))
-        names = {m.group(1) for f in root.rglob("*.parquet") if (m := re.match(r"^(.+?)-\d+-of-\d+", f.stem))}
-        return sorted(names) if root.is_dir() and names else [None]
-    key = key.lower()
-    if key in REFER_NAMES:
-        from .refer import DEFAULT_SPLIT_BY, KNOWN_SPLITS, find_dataset_dir, read_refer
-
-        dataset = REFER_NAMES[key]
-        split_by = kw.get("split_by") or DEFAULT_SPLIT_BY[dataset]
-        refs = read_refer(find_dataset_dir(_data_root(data_root, key), dataset, split_by), split_by)[0]
-        known = list(KNOWN_SPLITS.get(split_by, ()))
-        present = {r.get("split") for r in refs if isinstance(r, dict) and isinstance(r.get("split"), str)}
-        return known + sorted(present - set(known))
-    if key == "reasonseg":
-        from .reasonseg import find_split_dir
-
-        found = []
-        for split in ("train", "val", "test"):
-            try:
-                find_split_dir(_data_root(data_root, key), split)
-                found.append(split)
-            except DataError:
-                pass
-        if not found:
-            raise DataError(f"reasonseg: no train/val/test folder under {_data_root(data_root, key)}")
-        return found
-    if key == "shapes":
-        return ["train", "val", "test"]
-    raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    return dataset_spec(name).list_splits(data_root, **kw)
 
 
 def _check_split(source: SampleSource) -> tuple[dict, set[str], list[str], list[str]]:
