@@ -7,7 +7,14 @@ Figures live in :mod:`localize.heads.figures` (imported lazily: matplotlib is on
 """
 
 from localize.headsfile import HeadsFile, format_head, load_heads, parse_heads, save_heads, validate_heads
-from localize.published import PUBLISHED, PublishedHeads, ResolvedHeads, load_heads_for, published_entry, published_heads
+from localize.published import (
+    PUBLISHED,
+    PublishedHeads,
+    ResolvedHeads,
+    load_heads_for,
+    published_entry,
+    published_heads,
+)
 
 from .discover import DiscoveryResult
 from .scoring import (

@@ -15,7 +15,7 @@ from .refine.errors import RefineError
 # name -> (module, function adding arguments, function running, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "models": ("localize.cli", "add_models_arguments", "run_models", "list model aliases and supported families"),
-    "discover": ("localize.heads.discover", "add_arguments", "run", "find a model's localization heads"),
+    "discover": ("localize.heads.command", "add_arguments", "run", "find a model's localization heads"),
     "ground": ("localize.commands.ground", "add_arguments", "run", "ground a phrase in an image: box, mask, overlay"),
     "demo": ("localize.commands.ground", "add_demo_arguments", "run_demo", "render a shapes scene and ground 3 expressions"),
     "bench": ("localize.benchmarks.bench", "add_arguments", "run", "REC / RES benchmarks, resumable; --compare two runs"),

@@ -132,7 +132,11 @@ def _parquet_spec(path: str) -> DatasetSpec:
 
 
 _REFER_DISPLAY = {"refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg"}
-_REFER_SPLITS = {"refcoco": ("val", "testA", "testB"), "refcoco+": ("val", "testA", "testB"), "refcocog": ("val", "test")}
+_REFER_SPLITS = {
+    "refcoco": ("val", "testA", "testB"),
+    "refcoco+": ("val", "testA", "testB"),
+    "refcocog": ("val", "test"),
+}
 DATASETS: dict[str, DatasetSpec] = {
     **{
         name: DatasetSpec(name, display, _open_refer(name), _refer_splits(name), _REFER_SPLITS[name], _REFER_SPLITS[name])
