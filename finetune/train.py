@@ -18,12 +18,10 @@ processor + ``heads.json``; ``localize.load_model(out/"merged")`` accepts it), `
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -31,23 +29,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from localize.capture import Head, all_heads
 from localize.errors import InputError
 from localize.published import load_heads_for
+from localize.runs import AppendLog, Progress, read_jsonl
 
 from .attention import QUERY_MODES, build_training_batch, forward_with_attention
+from .checkpoints import checkpoint_dirs, load_checkpoint, save_checkpoint
 from .losses import ATTENTION_LOSSES, COMBINE_MODES, SCHEDULES, attention_loss, lambda_schedule
 from .targets import sample_target
 
 LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ANSWER_MODES = ("auto", "category", "expression")
 SUPERVISE_MODES = ("heads", "all-layers")
-CHECKPOINT_DIR = "checkpoints"
-# Config fields that may differ between a run and its resumption.
-RESUME_FREE = {"resume", "save_every", "keep_checkpoints", "progress", "export", "out", "data_root", "image_root"}
 
 
 @dataclass
@@ -238,106 +234,6 @@ def total_steps(config: TrainConfig, n: int, world: int = 1) -> int:
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _json_rng() -> dict[str, Any]:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
-
-
-def _set_json_rng(state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
-def checkpoint_dirs(out: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``out``, oldest first."""
-    root = Path(out) / CHECKPOINT_DIR
-    found = [p for p in root.glob("step-*") if (p / "state.json").is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_checkpoint(
-    out: str | os.PathLike,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    config: TrainConfig,
-    accelerator: Any,
-    keep: int = 2,
-) -> Path:
-    """Write ``checkpoints/step-N`` (LoRA weights as safetensors, optimizer, scheduler, RNG, step); keep the last ``keep``."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    final = Path(out) / CHECKPOINT_DIR / f"step-{step:07d}"
-    tmp = final.with_name(final.name + ".tmp")
-    rank = accelerator.process_index
-    state_dict = accelerator.get_state_dict(model)  # gathers across processes where sharded
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        lora = get_peft_model_state_dict(accelerator.unwrap_model(model), state_dict=state_dict)
-        save_file({k: v.detach().cpu().contiguous() for k, v in lora.items()}, tmp / "adapter_model.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    accelerator.wait_for_everyone()
-    torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state = {"step": step, "config": asdict(config), "rng": _json_rng(), "world": accelerator.num_processes}
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    config: TrainConfig,
-    accelerator: Any,
-) -> int:
-    """Restore a :func:`save_checkpoint` directory into the prepared objects; returns its step."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    state = json.loads((path / "state.json").read_text())
-    saved, current = state["config"], json.loads(json.dumps(asdict(config)))
-    changed = sorted(k for k in current if k not in RESUME_FREE and saved.get(k) != current[k])
-    if changed:
-        raise InputError(
-            f"cannot resume from {path}: settings differ ({', '.join(changed)}); rerun with the original settings"
-        )
-    if state.get("world", 1) != accelerator.num_processes:
-        raise InputError(f"{path} was written by {state['world']} processes, this run has {accelerator.num_processes}")
-    weights = load_file(path / "adapter_model.safetensors", device=str(accelerator.device))
-    result = set_peft_model_state_dict(accelerator.unwrap_model(model), weights)
-    if getattr(result, "unexpected_keys", None):
-        raise InputError(f"{path}: LoRA weights do not fit this model ({result.unexpected_keys[:3]} ...)")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / f"rng-{accelerator.process_index}.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    _set_json_rng(state["rng"])
-    return int(state["step"])
-
-
 # -- outputs -------------------------------------------------------------------------------------------------------
 def plot_losses(log: Sequence[dict], path: str | os.PathLike) -> Path:
     """Loss-curve PNG: next-token and attention loss per step, λ on a second axis."""
@@ -416,6 +312,113 @@ def _check(config: TrainConfig) -> None:
         raise InputError("batch size and steps must be positive")
 
 
+def _accelerator(config: TrainConfig) -> tuple[Any, bool]:
+    """accelerate's ``Accelerator`` for this run (bf16 autocast on GPU by default) and whether it runs on CUDA."""
+    from accelerate import Accelerator
+
+    cuda = torch.cuda.is_available() and config.device in ("auto", "cuda") or config.device.startswith("cuda")
+    precision = ("bf16" if cuda else "no") if config.mixed_precision == "auto" else config.mixed_precision
+    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
+    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
+        # Sharded optimizer state would need its own checkpoint format; LoRA fits one GPU per process up to ~30B.
+        raise InputError("localize finetune supports single-device and DDP runs (accelerate launch --multi_gpu)")
+    return accelerator, cuda
+
+
+def _lora_model(config: TrainConfig, vlm: Any, deepest: int, cuda: bool) -> torch.nn.Module:
+    """The model with LoRA on the language model's layers up to ``deepest`` (and the vision side if asked)."""
+    base = vlm.model
+    base.config.use_cache = False
+    if config.gradient_checkpointing == "on" or (config.gradient_checkpointing == "auto" and cuda):
+        enable_gradient_checkpointing(base)
+    model = add_lora(
+        base,
+        _layer_list(config.lora_layers, deepest, vlm.num_layers),
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        projections=config.lora_targets,
+        vision_modules=vlm.adapter.vision_modules if config.lora_vision else (),
+    )
+    model.train()
+    return model
+
+
+def _resume(config: TrainConfig, parts: dict[str, Any], accelerator: Any) -> tuple[int, list[dict]]:
+    """The step to start from and the log up to it (the latest checkpoint with ``config.resume``, else 0)."""
+    out = Path(config.out)
+    start, log = 0, []
+    log_path = out / "log.jsonl"
+    if config.resume and (found := checkpoint_dirs(out)):
+        start = load_checkpoint(found[-1], parts["model"], parts["optimizer"], parts["scheduler"], config, accelerator)
+        log = [r for r in read_jsonl(log_path) if r.get("step", math.inf) <= start]
+    if accelerator.is_main_process:  # the log restarts at the checkpoint: later steps are redone
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
+    return start, log
+
+
+def _train_step(step: int, steps: int, config: TrainConfig, run: dict[str, Any], accelerator: Any) -> dict:
+    """One optimizer step over this process's batch; returns the step's record (losses averaged over processes)."""
+    began = time.perf_counter()
+    lam = lambda_schedule(config.schedule, step / steps, config.lam)
+    samples = run["samples"]
+    rank, world = accelerator.process_index, accelerator.num_processes
+    picked = [samples[i] for i in batch_indices(step, len(samples), config.batch_size, config.seed, rank, world)]
+    answers = [answer_for(s, config.answer) for s in picked]
+    expressions = [s.expression for s in picked]
+    images = [s.load_image() for s in picked]
+    batch = build_training_batch(run["vlm"].adapter, images, expressions, answers, query=config.query)
+    batch = batch.to(accelerator.device)
+    targets = [sample_target(s, g, sigma=config.target_sigma) for s, g in zip(picked, batch.geometries)]
+    with accelerator.autocast():
+        ntp, maps = forward_with_attention(run["model"], batch, run["supervised"])
+        att = torch.stack([attention_loss(m, t, config.loss, run["combine"]) for m, t in zip(maps, targets)]).mean()
+        loss = ntp + lam * att if lam > 0 else ntp
+    accelerator.backward(loss)
+    if config.max_grad_norm:
+        accelerator.clip_grad_norm_(run["params"], config.max_grad_norm)
+    run["optimizer"].step()
+    run["scheduler"].step()
+    run["optimizer"].zero_grad(set_to_none=True)
+    stats = accelerator.reduce(torch.stack([ntp.detach(), att.detach()]).float(), reduction="mean")
+    return {
+        "step": step + 1,
+        "ntp": float(stats[0]),
+        "att": float(stats[1]),
+        "lambda": lam,
+        "loss": float(stats[0] + lam * stats[1]),
+        "lr": float(run["scheduler"].get_last_lr()[0]),
+        "seconds": round(time.perf_counter() - began, 4),
+    }
+
+
+def _prepare(config: TrainConfig, vlm: Any, dataset: Sequence[Any] | None, accelerator: Any, cuda: bool) -> dict:
+    """Model (LoRA), data, heads, optimizer and scheduler of a run, by name."""
+    from transformers import get_scheduler
+
+    from localize.models import load_model
+
+    vlm = load_model(vlm if vlm is not None else config.model, dtype=config.dtype, device=str(accelerator.device))
+    samples = dataset if dataset is not None else open_training_data(config, accelerator.num_processes)
+    if len(samples) == 0:
+        raise InputError(f"no samples in {config.data} / {config.split}")
+    found = load_heads_for(vlm, config.heads)
+    heads = list(found.heads)
+    supervised = all_heads(vlm.num_layers, vlm.num_heads) if config.supervise == "all-layers" else heads
+    model = _lora_model(config, vlm, max(layer for layer, _ in supervised), cuda)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps = total_steps(config, len(samples), accelerator.num_processes)
+    warmup = int(config.warmup * steps)
+    scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped once per step, by hand
+    return {
+        "vlm": vlm, "samples": samples, "heads": heads, "heads_source": found.file, "supervised": supervised,
+        "combine": "mean" if config.supervise == "all-layers" else config.combine, "model": model,
+        "params": params, "optimizer": optimizer, "scheduler": scheduler, "steps": steps,
+    }  # fmt: skip
+
+
 def train(
     config: TrainConfig,
     *,
@@ -427,227 +430,61 @@ def train(
 
     A ``vlm`` passed in gets its LoRA layers in place; ``on_step(record)`` is called after every step.
     """
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
-    from localize.models import load_model
 
     _check(config)
-    cuda = torch.cuda.is_available() and config.device in ("auto", "cuda") or config.device.startswith("cuda")
-    precision = ("bf16" if cuda else "no") if config.mixed_precision == "auto" else config.mixed_precision
-    accelerator = Accelerator(mixed_precision=precision, cpu=not cuda)
-    if accelerator.distributed_type.name in ("FSDP", "DEEPSPEED"):
-        # Sharded optimizer state would need its own checkpoint format; LoRA fits one GPU per process up to ~30B.
-        raise InputError("localize finetune supports single-device and DDP runs (accelerate launch --multi_gpu)")
+    accelerator, cuda = _accelerator(config)
     set_seed(config.seed)
     out = Path(config.out)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-
-    vlm = load_model(vlm if vlm is not None else config.model, dtype=config.dtype, device=str(accelerator.device))
-    samples = dataset if dataset is not None else open_training_data(config, accelerator.num_processes)
-    if len(samples) == 0:
-        raise InputError(f"no samples in {config.data} / {config.split}")
-    found = load_heads_for(vlm, config.heads)
-    heads, heads_source = list(found.heads), found.file
-    supervised = all_heads(vlm.num_layers, vlm.num_heads) if config.supervise == "all-layers" else heads
-    combine = "mean" if config.supervise == "all-layers" else config.combine
-    deepest = max(layer for layer, _ in supervised)
-
-    base = vlm.model
-    base.config.use_cache = False
-    if config.gradient_checkpointing == "on" or (config.gradient_checkpointing == "auto" and cuda):
-        enable_gradient_checkpointing(base)
-    layers = _layer_list(config.lora_layers, deepest, vlm.num_layers)
-    model = add_lora(
-        base,
-        layers,
-        r=config.lora_r,
-        alpha=config.lora_alpha,
-        dropout=config.lora_dropout,
-        projections=config.lora_targets,
-        vision_modules=vlm.adapter.vision_modules if config.lora_vision else (),
-    )
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps = total_steps(config, len(samples), accelerator.num_processes)
-    scheduler = get_scheduler(
-        config.lr_scheduler, optimizer, num_warmup_steps=int(config.warmup * steps), num_training_steps=steps
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler is stepped once per step, by hand
-
-    start, log = 0, []
-    log_path = out / "log.jsonl"
-    if config.resume and (found := checkpoint_dirs(out)):
-        start = load_checkpoint(found[-1], model, optimizer, scheduler, config, accelerator)
-        if log_path.is_file():
-            log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-            log = [r for r in log if r["step"] <= start]
-    if accelerator.is_main_process:
-        log_path.write_text("".join(json.dumps(r) + "\n" for r in log))
-
-    progress, task = _progress(config.progress and accelerator.is_main_process, steps, start)
+    run = _prepare(config, vlm, dataset, accelerator, cuda)
+    steps = run["steps"]
+    start, log = _resume(config, run, accelerator)
+    writer = AppendLog(out / "log.jsonl") if accelerator.is_main_process else None
+    bar = Progress(steps, "finetune", initial=start, enabled=config.progress and accelerator.is_main_process)
     try:
         for step in range(start, steps):
-            began = time.perf_counter()
-            lam = lambda_schedule(config.schedule, step / steps, config.lam)
-            picked = [
-                samples[i]
-                for i in batch_indices(
-                    step,
-                    len(samples),
-                    config.batch_size,
-                    config.seed,
-                    accelerator.process_index,
-                    accelerator.num_processes,
-                )
-            ]
-            images = [s.load_image() for s in picked]
-            batch = build_training_batch(
-                vlm.adapter,
-                images,
-                [s.expression for s in picked],
-                [answer_for(s, config.answer) for s in picked],
-                query=config.query,
-            ).to(accelerator.device)
-            targets = [sample_target(s, g, sigma=config.target_sigma) for s, g in zip(picked, batch.geometries)]
-            with accelerator.autocast():
-                ntp, maps = forward_with_attention(model, batch, supervised)
-                att = torch.stack([attention_loss(m, t, config.loss, combine) for m, t in zip(maps, targets)]).mean()
-                loss = ntp + lam * att if lam > 0 else ntp
-            accelerator.backward(loss)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            stats = accelerator.reduce(torch.stack([ntp.detach(), att.detach()]).float(), reduction="mean")
-            record = {
-                "step": step + 1,
-                "ntp": float(stats[0]),
-                "att": float(stats[1]),
-                "lambda": lam,
-                "loss": float(stats[0] + lam * stats[1]),
-                "lr": float(scheduler.get_last_lr()[0]),
-                "seconds": round(time.perf_counter() - began, 4),
-            }
+            record = _train_step(step, steps, config, run, accelerator)
             log.append(record)
-            if accelerator.is_main_process:
-                with log_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if progress is not None:
-                progress.update(task, advance=1, ntp=record["ntp"], att=record["att"], lam=lam)
+            if writer is not None:
+                writer.write(record)
+            bar.advance()
+            bar.note(f"ntp {record['ntp']:.4f}  att {record['att']:.4f}  λ {record['lambda']:.2f}")
             if (config.save_every and (step + 1) % config.save_every == 0) or step + 1 == steps:
-                save_checkpoint(
-                    out, step + 1, model, optimizer, scheduler, config, accelerator, config.keep_checkpoints
-                )
+                parts = (run["model"], run["optimizer"], run["scheduler"], config, accelerator)
+                save_checkpoint(out, step + 1, *parts, config.keep_checkpoints)
             if on_step is not None:
                 on_step(record)
     finally:
-        if progress is not None:
-            progress.stop()
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return _finish(config, run, log, accelerator)
 
-    result = TrainResult(log=log, out=out, steps=steps, model=model, heads=list(heads))
+
+def _finish(config: TrainConfig, run: dict[str, Any], log: list[dict], accelerator: Any) -> TrainResult:
+    """Loss curve, the peft adapter and (``config.export``) the merged model with its heads file."""
+    out, heads, vlm = Path(config.out), run["heads"], run["vlm"]
+    result = TrainResult(log=log, out=out, steps=run["steps"], model=run["model"], heads=list(heads))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if log:
             plot_losses(log, out / "loss_curve.png")
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(run["model"])
         unwrapped.save_pretrained(out / "adapter")
         if config.export:
-            base.config.use_cache = True
+            vlm.model.config.use_cache = True
             info = {"config": asdict(config), "final": log[-1] if log else None, "heads": [list(h) for h in heads]}
             result.merged_dir, result.model = export_merged(
                 unwrapped,
                 vlm.processor,
                 heads,
                 out / "merged",
-                heads_source=heads_source,
+                heads_source=run["heads_source"],
                 num_layers=vlm.num_layers,
                 num_heads=vlm.num_heads,
                 info=info,
             )
     accelerator.wait_for_everyone()
     return result
-
-
-def _progress(enabled: bool, total: int, completed: int) -> tuple[Any, Any]:
-    if not enabled:
-        return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("finetune"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("ntp {task.fields[ntp]:.4f}  att {task.fields[att]:.4f}  λ {task.fields[lam]:.2f}"),
-        TimeRemainingColumn(),
-    )
-    task = progress.add_task("finetune", total=total, completed=completed, ntp=float("nan"), att=float("nan"), lam=0.0)
-    progress.start()
-    return progress, task
-
-
-# -- command line --------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``localize finetune``."""
-    d = TrainConfig(model="")
-    parser.add_argument("--model", required=True, help="alias, hub id or local directory")
-    parser.add_argument("--heads", default="auto", help="auto, a heads file, or 'L14 H24,L14 H13'")
-    parser.add_argument("--data", default=d.data, help="refcoco, refcoco+, refcocog, reasonseg, parquet:PATH, shapes")
-    parser.add_argument("--data-root", default=None)
-    parser.add_argument("--image-root", default=None)
-    parser.add_argument("--split", default=d.split)
-    parser.add_argument("--limit", type=int, default=None, help="use the first N samples (shapes: the split size)")
-    parser.add_argument("--loss", choices=ATTENTION_LOSSES, default=d.loss)
-    parser.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    parser.add_argument("--lambda", dest="lam", type=float, default=d.lam, help="attention-loss weight (base λ)")
-    parser.add_argument("--combine", choices=COMBINE_MODES, default=d.combine, help="loss per head, or on their mean")
-    parser.add_argument("--supervise", choices=SUPERVISE_MODES, default=d.supervise, help="all-layers: seed variant")
-    parser.add_argument("--query", choices=QUERY_MODES, default=d.query, help="last expression token, or all of them")
-    parser.add_argument("--target-sigma", type=float, default=d.target_sigma, help="Gaussian smoothing, grid cells")
-    parser.add_argument("--answer", choices=ANSWER_MODES, default=d.answer, help="answer text when a sample has none")
-    parser.add_argument("--lora-r", type=int, default=d.lora_r)
-    parser.add_argument("--lora-alpha", type=float, default=None, help="default 2 r")
-    parser.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    parser.add_argument("--lora-targets", default=",".join(LORA_PROJECTIONS), help="projection names")
-    parser.add_argument("--lora-layers", default=d.lora_layers, help="auto (to the deepest head), all, or 0-15")
-    parser.add_argument("--lora-vision", action="store_true", help="LoRA on the vision encoder and projector too")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None)
-    length.add_argument("--epochs", type=float, default=None)
-    parser.add_argument("--lr", type=float, default=d.lr)
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--warmup", type=float, default=d.warmup, help="fraction of the steps")
-    parser.add_argument("--lr-scheduler", default=d.lr_scheduler, help="transformers scheduler name")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    parser.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (0: at the end)")
-    parser.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    parser.add_argument("--mixed-precision", default=d.mixed_precision, choices=("auto", "no", "bf16", "fp16"))
-    parser.add_argument("--gradient-checkpointing", default=d.gradient_checkpointing, choices=("auto", "on", "off"))
-    parser.add_argument("--dtype", default=d.dtype)
-    parser.add_argument("--device", default=d.device)
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-    parser.add_argument("--no-export", dest="export", action="store_false", help="skip the merged export")
-    parser.add_argument("--out", required=True, help="output directory")
-
-
-def run(args: argparse.Namespace) -> int:
-    """``localize finetune``: train, then print where the results are."""
-    fields = set(TrainConfig.__dataclass_fields__)
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values["lora_targets"] = [p.strip() for p in str(args.lora_targets).split(",") if p.strip()]
-    result = train(TrainConfig(**values))
-    last = result.log[-1] if result.log else {}
-    print(
-        f"finetune: {result.steps} steps; final ntp {last.get('ntp', float('nan')):.4f}, "
-        f"att {last.get('att', float('nan')):.4f}; log {result.out / 'log.jsonl'}"
-    )
-    if result.merged_dir is not None:
-        print(f"merged model: {result.merged_dir} (localize.load_model('{result.merged_dir}'))")
-    return 0

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("localize.commands.ground", "add_demo_arguments", "run_demo", "render a shapes scene and ground 3 expressions"),
     "bench": ("localize.benchmarks.bench", "add_arguments", "run", "REC / RES benchmarks, resumable; --compare two runs"),
     "reproduce": ("localize.benchmarks.bench", "add_reproduce_arguments", "run_reproduce", "the paper's protocol end to end"),
-    "finetune": ("localize.finetune.train", "add_arguments", "run", "Where-to-Look fine-tuning of the localization heads"),
+    "finetune": ("localize.finetune.command", "add_arguments", "run", "Where-to-Look fine-tuning of the localization heads"),
 }
 DATA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "check": (
