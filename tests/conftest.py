@@ -13,9 +13,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-FIXTURE_DIR = Path(
-    os.environ.get("LOCALIZE_FIXTURE_DIR", Path(__file__).resolve().parents[2] / "shared/data/refcoco-fixture")
-)
+FIXTURE_DIR = Path(__file__).resolve().parent / "data" / "refcoco-fixture"  # copied in: the suite needs nothing outside
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ from localize.benchmarks.metrics import box_iou, mask_intersection_union
 from localize.benchmarks.paper_results import PAPER_RESULTS, SPLITS, paper_row
 from localize.cli import main
 
-pytestmark = pytest.mark.skipif(not FIXTURE_DIR.is_dir(), reason=f"RefCOCO fixture not found at {FIXTURE_DIR}")
 
 IMAGES = {  # the fixture's COCO images (not shipped): name -> (width, height)
     "COCO_train2014_000000495169.jpg": (640, 480),

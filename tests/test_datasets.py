@@ -8,7 +8,6 @@ import io
 import json
 import os
 import pickle
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from localize.data.sample import box_xywh_to_xyxy, decode_segmentation
+from localize.data.refer import restricted_load
 from localize.data.registry import (
     add_data_check_arguments,
     check_dataset,
@@ -26,15 +25,11 @@ from localize.data.registry import (
     open_dataset,
     run_data_check,
 )
-from localize.data.refer import restricted_load
+from localize.data.sample import box_xywh_to_xyxy, decode_segmentation
 from localize.errors import DataError, ImageError
 from localize.images import load_image
 
-FIXTURE = Path(os.environ.get("LOCALIZE_FIXTURE_DIR") or Path(__file__).parents[2] / "shared/data/refcoco-fixture")
-needs_fixture = pytest.mark.skipif(
-    not (FIXTURE / "refcoco" / "refs(unc).p").is_file(),
-    reason=f"RefCOCO fixture not found at {FIXTURE} (set LOCALIZE_FIXTURE_DIR to the refcoco-fixture folder)",
-)
+FIXTURE = Path(__file__).resolve().parent / "data" / "refcoco-fixture"
 FIXTURE_IMAGES = {  # the fixture's COCO images (absent there): file name -> size
     "COCO_train2014_000000495169.jpg": (640, 480),
     "COCO_train2014_000000510027.jpg": (640, 480),
@@ -66,7 +61,6 @@ def _write_refer(root: Path, refs: list, annotations: list, images: list, datase
 # --- the refer layout on the real fixture ---------------------------------------------------------------------
 
 
-@needs_fixture
 @pytest.mark.parametrize(
     ("name", "split", "count"),
     [
@@ -89,7 +83,6 @@ def test_refer_split_counts(name: str, split: str, count: int) -> None:
     assert all(s.dataset == name and s.split == split for s in source)
 
 
-@needs_fixture
 def test_refer_boxes_and_masks_match_annotations() -> None:
     flat = json.loads((FIXTURE / "annotations.json").read_text())["samples"]
     expected = Counter((r["dataset"], r["split"], int(r["ref_id"]), r["sentence"]) for r in flat)
@@ -117,7 +110,6 @@ def test_refer_boxes_and_masks_match_annotations() -> None:
     assert seen == expected and sum(seen.values()) == 45
 
 
-@needs_fixture
 def test_refer_sample_fields_and_missing_image() -> None:
     source = open_dataset("refcoco", data_root=FIXTURE, split="val")
     sample = source[0]
@@ -130,7 +122,6 @@ def test_refer_sample_fields_and_missing_image() -> None:
         load_image(sample.image)
 
 
-@needs_fixture
 def test_refer_image_root_override_loads_stand_in(tmp_path: Path) -> None:
     _stand_in(tmp_path / "COCO_train2014_000000572949.jpg", FIXTURE_IMAGES["COCO_train2014_000000572949.jpg"])
     source = open_dataset("refcoco", data_root=FIXTURE, split="val", image_root=tmp_path)
@@ -138,7 +129,6 @@ def test_refer_image_root_override_loads_stand_in(tmp_path: Path) -> None:
     assert image.size == source[0].image_size == (612, 612)
 
 
-@needs_fixture
 def test_check_dataset_reports_the_three_missing_images(tmp_path: Path) -> None:
     report = check_dataset("refcoco", FIXTURE)
     assert {s: report["splits"][s]["expressions"] for s in ("val", "testA", "testB")} == {
@@ -159,7 +149,6 @@ def test_check_dataset_reports_the_three_missing_images(tmp_path: Path) -> None:
     assert report["total"]["missing_examples"] == [str(tmp_path / "COCO_train2014_000000572949.jpg")]
 
 
-@needs_fixture
 def test_data_check_cli_json_and_text(capsys: pytest.CaptureFixture) -> None:
     parser = argparse.ArgumentParser()
     add_data_check_arguments(parser)

@@ -10,10 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import FIXTURE_DIR
-from PIL import Image
-
-from localize.data.sample import GroundingSample
-from localize.data.registry import open_dataset
 from localize.heads import (
     HeadsFile,
     attention_sum,
@@ -26,14 +22,15 @@ from localize.heads import (
     top_heads,
 )
 from localize.heads.discover import discover, draw_samples, read_sidecar, sidecar_files
-from localize.published import load_heads_for
+from PIL import Image
+
+from localize.data.registry import open_dataset
+from localize.data.sample import GroundingSample
 from localize.errors import DataError, HeadsMismatchError, InputError
 from localize.models import VLM
+from localize.published import load_heads_for
 from localize.testing import tiny_llava
 
-pytestmark = pytest.mark.skipif(
-    not (FIXTURE_DIR / "refcoco" / "refs(unc).p").is_file(), reason=f"RefCOCO fixture not found at {FIXTURE_DIR}"
-)
 FIXTURE_IMAGES = {  # the fixture's COCO images (absent there): file name -> size
     "COCO_train2014_000000495169.jpg": (640, 480),
     "COCO_train2014_000000510027.jpg": (640, 480),
