@@ -130,3 +130,17 @@ def test_files_and_functions_are_short():
                     if length > MAX_FUNCTION_LINES:
                         long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {length}")
     assert not long_files and not long_functions, long_files + long_functions
+
+
+def test_the_wheel_installs_only_localize():
+    """setup.cfg lists only ``localize`` packages, maps every source folder under it and leaves shapes_tiny out."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    packages = config["options"]["packages"].split()
+    mapping = dict(line.split(" = ") for line in config["options"]["package_dir"].strip().splitlines())
+    assert packages and all(p == "localize" or p.startswith("localize.") for p in packages)
+    assert {v: k for k, v in mapping.items()} == SOURCES
+    inits = {name for name, path in _modules().items() if path.name == "__init__.py"}
+    assert inits <= set(packages) and not any(p.startswith(NOT_INSTALLED) for p in packages), inits - set(packages)
