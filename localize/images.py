@@ -17,12 +17,16 @@ def load_image(image: ImageLike, exif_transpose: bool = True) -> Image.Image:
     ``exif_transpose=False``, as for dataset images whose annotations are in stored-pixel orientation)."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
+        if isinstance(path, str) and path.lower().startswith(("http://", "https://", "ftp://")):
+            raise ImageError(f"URLs are not fetched: download {path} first and pass the file")
         try:
             with Image.open(path) as opened:
                 opened.load()
                 pil = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
         except FileNotFoundError as err:
             raise ImageError(f"image not found: {path}") from err
+        except Image.DecompressionBombError as err:
+            raise ImageError(f"{path} has more pixels than PIL opens safely ({err}); downscale it first") from err
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ImageError(f"cannot read image {path}: {err}") from err
     elif isinstance(image, Image.Image):
@@ -42,16 +46,33 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageError(f"array image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
     if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating):
-            if not np.isfinite(array).all():
-                raise ImageError("float image contains NaN or inf")
-            scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
-            array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
-        elif array.dtype == np.bool_:
-            array = array.astype(np.uint8) * 255
-        else:
-            array = np.clip(array, 0, 255).astype(np.uint8)
+        array = _to_uint8(array)
     return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """8-bit values from a bool, integer or float array, scaled by what its values mean, never clipped:
+    unsigned integers by their dtype's range (uint16: 0-65535), other integers and floats as 0-255 values, floats
+    within [0, 1] as fractions; anything else is refused (e.g. a normalised image: undo the normalisation)."""
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.unsignedinteger):
+        top = np.iinfo(array.dtype).max
+        return np.round(array.astype(np.float64) * (255.0 / top)).astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ImageError(f"array image of dtype {array.dtype} is not a picture; pass uint8, uint16 or float values")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ImageError("float image contains NaN or inf")
+    if array.size == 0:
+        raise ImageError(f"empty image of shape {array.shape}")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 255:
+        raise ImageError(
+            f"{array.dtype} image values span [{low:g}, {high:g}]; expected [0, 1] or [0, 255] "
+            "(undo any normalisation first)"
+        )
+    scale = 255.0 if np.issubdtype(array.dtype, np.floating) and high <= 1.0 else 1.0
+    return np.round(array.astype(np.float64) * scale).astype(np.uint8)
 
 
 def _to_rgb(pil: Image.Image) -> Image.Image:

@@ -40,7 +40,7 @@ def test_exif_orientation_applied(tmp_path):
         np.zeros((5, 6), np.uint8),
         np.ones((5, 6, 1), np.float32),
         np.zeros((5, 6, 4), np.uint8),
-        np.full((5, 6, 3), 300, np.int32),
+        np.full((5, 6, 3), 200, np.int64),
     ],
 )
 def test_arrays(array):
@@ -72,3 +72,41 @@ def test_dataset_images_keep_stored_orientation(tmp_path):
     sample = GroundingSample("s", str(path), "a thing", (0, 0, 5, 5), (30, 10))
     assert sample.load_image().size == (30, 10)  # annotations are in stored-pixel orientation
     assert load_image(path, exif_transpose=False).size == (30, 10)
+
+
+@pytest.mark.parametrize(
+    ("array", "value"),
+    [
+        (np.full((2, 3), 65535, np.uint16), 255),  # uint16 by its range, not clipped to white
+        (np.full((2, 3), 32896, np.uint16), 128),
+        (np.full((2, 3), 0.5, np.float32), 128),  # fractions
+        (np.full((2, 3), 7.0, np.float64), 7),  # 0-255 floats
+        (np.full((2, 3), 200, np.int32), 200),
+    ],
+)
+def test_arrays_scale_by_their_range(array, value):
+    assert load_image(array).getpixel((0, 0)) == (value, value, value)
+
+
+@pytest.mark.parametrize(
+    ("array", "match"),
+    [
+        (np.full((2, 3), -0.5, np.float32), r"\[-0.5, -0.5\].*normalisation"),
+        (np.full((2, 3), 300, np.int32), "300"),
+        (np.full((2, 3), np.nan, np.float32), "NaN"),
+        (np.full((2, 3), 1 + 1j), "not a picture"),
+    ],
+)
+def test_arrays_out_of_range_are_refused_not_clipped(array, match):
+    with pytest.raises(ImageError, match=match):
+        load_image(array)
+
+
+def test_urls_and_decompression_bombs_get_one_line_errors(tmp_path, monkeypatch):
+    with pytest.raises(ImageError, match="URLs are not fetched"):
+        load_image("https://example.com/cat.jpg")
+    path = tmp_path / "big.png"
+    Image.new("L", (64, 64)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL raises past twice the limit
+    with pytest.raises(ImageError, match="more pixels than PIL opens safely"):
+        load_image(path)
