@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
         raise LocalizeError(
             f"out of GPU memory ({err}); rerun with a smaller --batch-size: the samples done are kept in {sidecar}"
         ) from err
-    if result is not None:
-        _report(args, result)
-    return 0
+    if result is None:
+        return 0
+    _report(args, result)
+    return 0 if result.heads else 1  # "ran but found nothing": the heads file keeps the statistics for a rerun
 
 
 def _report(args: argparse.Namespace, result: DiscoveryResult) -> None:
@@ -141,7 +143,13 @@ def _report(args: argparse.Namespace, result: DiscoveryResult) -> None:
         iou = f", mean IoU {entry['mean_iou']:.3f}" if entry["mean_iou"] is not None else ""
         print(f"  {entry['head']}: frequency {entry['frequency']:.1%}, mean entropy {entropy}{iou}")
     if not hf.heads:
-        print("  no head was selected (no head passed tau with a finite entropy)")
+        passed = summary["heads_above_tau"]
+        why = f"tau = {hf.tau:.4g} is above every head's mean S_img" if not passed else "no head that passed tau"
+        print(
+            f"localize: no head was selected: {why} had a finite entropy; rerun with a lower --tau (or without it: "
+            "the statistics are kept, so no forward pass is repeated)",
+            file=sys.stderr,
+        )
     elif len(hf.heads) < args.top_k:
         print(
             f"  note: only {len(hf.heads)} of the {args.top_k} heads asked for were ever selected: tau = {hf.tau:.4g} "

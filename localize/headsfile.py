@@ -179,14 +179,23 @@ def load_heads(path: str | os.PathLike) -> HeadsFile:
 
 
 def validate_heads(
-    heads: HeadsFile | Iterable[tuple[int, int]] | str, num_layers: int, num_heads: int
+    heads: HeadsFile | Iterable[tuple[int, int]] | str,
+    num_layers: int,
+    num_heads: int,
+    model_type: str | None = None,
 ) -> list[tuple[int, int]]:
-    """Check heads (or a heads file) against a model's layer/head counts; returns the 0-based pairs, de-duplicated.
+    """Check heads (or a heads file) against a model's layer/head counts (and, for a heads file that names one, its
+    ``model_type``); returns the 0-based pairs, de-duplicated.
 
-    Raises :class:`HeadsMismatchError` naming the offending head or the differing counts.
+    Raises :class:`HeadsMismatchError` naming the offending head, the differing counts or the other family.
     """
     if isinstance(heads, HeadsFile):
         made_for = f" made for {heads.model}" if heads.model else ""
+        if model_type and heads.model_type and heads.model_type != model_type:
+            raise HeadsMismatchError(
+                f"the heads file{made_for} is for a {heads.model_type} model, but this model is {model_type}; "
+                "run `localize discover` on this model"
+            )
         if (heads.num_layers, heads.num_heads) != (num_layers, num_heads):
             raise HeadsMismatchError(
                 f"the heads file{made_for} is for a model with {heads.num_layers} layers x {heads.num_heads} heads, "
@@ -236,9 +245,11 @@ def parse_heads(text: str | Iterable[Any]) -> list[tuple[int, int]]:
             else:
                 try:
                     layer, head = item
-                    out.append((int(layer), int(head)))
                 except (TypeError, ValueError):
                     raise InputError(f"cannot read {item!r} as a (layer, head) pair") from None
+                if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (layer, head)):
+                    raise InputError(f"a head is a pair of integers (layer, head), got {item!r}")
+                out.append((int(layer), int(head)))
         return out
     out, pos, text = [], 0, text.strip()
     while pos < len(text):

@@ -133,6 +133,10 @@ def _published_for(vlm: Any) -> ResolvedHeads:
     raise HeadsMismatchError(f"no published heads for {spec!r}")
 
 
+def _model_type(vlm: Any) -> str | None:
+    return getattr(getattr(getattr(vlm, "model", None), "config", None), "model_type", None)
+
+
 def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
     """Heads for ``vlm`` from ``"auto"``, a heads-file path or :class:`HeadsFile`, ``"L14 H24,L14 H13"``, or pairs.
 
@@ -141,13 +145,15 @@ def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
     """
     num_layers, num_heads = vlm.num_layers, vlm.num_heads
     if isinstance(heads, HeadsFile):
-        return ResolvedHeads(validate_heads(heads, num_layers, num_heads), f"heads file of {heads.model}")
+        return ResolvedHeads(
+            validate_heads(heads, num_layers, num_heads, _model_type(vlm)), f"heads file of {heads.model}"
+        )
     if isinstance(heads, (str, os.PathLike)):
         text = os.fspath(heads).strip()
         if text.lower() == "auto":
             beside = Path(str(getattr(vlm, "source", None) or getattr(vlm, "spec", ""))) / "heads.json"
             return load_heads_for(vlm, beside) if beside.is_file() else _published_for(vlm)
         if isinstance(heads, os.PathLike) or text.lower().endswith(".json") or os.path.isfile(text):
-            return ResolvedHeads(validate_heads(load_heads(text), num_layers, num_heads), text)
+            return ResolvedHeads(validate_heads(load_heads(text), num_layers, num_heads, _model_type(vlm)), text)
         return ResolvedHeads(validate_heads(text, num_layers, num_heads), "given")
     return ResolvedHeads(validate_heads(heads, num_layers, num_heads), "given")

@@ -349,3 +349,24 @@ def test_cli_discover_on_saved_model(tmp_path, capsys):
     with pytest.raises(SystemExit):  # the retired name: a one-line error naming its replacements
         main([*argv, "--weighting", "mass"])
     assert "'official'" in capsys.readouterr().err
+    again = [*argv, "--weighting", "official", "--tau-method", "kneedle-smooth", "--tie", "index"]
+    assert main([*again, "--tau", "2"]) == 1  # no head can pass: says why, exits non-zero, no forward pass redone
+    err = capsys.readouterr().err
+    assert "no head was selected: tau = 2 is above every head's mean S_img" in err and "Traceback" not in err
+
+
+def test_heads_of_another_family_or_float_heads_are_refused(full_run, tiny_llava_vlm, tmp_path):
+    """A heads file of fitting size but made for another model type, and float heads, are refused by name."""
+    from localize.headsfile import load_heads, save_heads
+
+    folder = Path(full_run[0].paths["heads"]).parent
+    other = load_heads(folder / "heads.json")
+    other.model_type = "qwen2_5_vl"
+    save_heads(tmp_path / "qwen.json", other)
+    with pytest.raises(HeadsMismatchError, match="qwen2_5_vl model, but this model is llava"):
+        load_heads_for(tiny_llava_vlm, tmp_path / "qwen.json")
+    with pytest.raises(InputError, match="pair of integers"):
+        load_heads_for(tiny_llava_vlm, [[3.7, 1.2]])
+    with pytest.raises(InputError, match="pair of integers"):
+        load_heads_for(tiny_llava_vlm, [(True, 1)])
+    assert load_heads_for(tiny_llava_vlm, [(np.int64(3), 1)]).heads == [(3, 1)]
