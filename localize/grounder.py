@@ -85,6 +85,8 @@ class Localizer:
         """Ground several phrases in one image: the image prefix and the SAM embedding are computed once."""
         if isinstance(phrases, str):
             raise InputError("ground_many takes a list of phrases; use ground() for one")
+        if not phrases:
+            return []
         pil = load_image(image)
         captured = self.vlm.capture(pil, list(phrases), list(self.heads))
         return self._finish(pil, list(phrases), captured, return_maps)

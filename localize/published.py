@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import HeadsMismatchError
+from .errors import HeadsMismatchError, InputError
 from .headsfile import HeadsFile, format_head, load_heads, validate_heads
 
 __all__ = ["PUBLISHED", "PublishedHeads", "ResolvedHeads", "load_heads_for", "published_entry", "published_heads"]
@@ -144,6 +144,8 @@ def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
     alias or hub id). Everything is checked against the model's layer/head counts (:class:`HeadsMismatchError`).
     """
     num_layers, num_heads = vlm.num_layers, vlm.num_heads
+    if heads is None or isinstance(heads, (int, float, bytes)):
+        raise InputError(f"heads must be 'auto', a heads file, 'L14 H24,...' or (layer, head) pairs; got {heads!r}")
     if isinstance(heads, HeadsFile):
         return ResolvedHeads(
             validate_heads(heads, num_layers, num_heads, _model_type(vlm)), f"heads file of {heads.model}"

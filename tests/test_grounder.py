@@ -130,3 +130,16 @@ def test_cli_ground_writes_json_and_overlay(tmp_path, noise_image):
     assert viz.stat().st_size > 1000
     assert main(["ground", str(image), "  ", "--model", str(tmp_path / "model"), "--heads", "L2 H0"]) == 2
     assert main(["ground", str(image), "a dog", "--model", str(tmp_path / "model"), "--heads", "L9 H0"]) == 2
+
+
+def test_empty_phrase_list_and_missing_heads(tmp_path):
+    """``ground_many`` of no phrases is an empty list; ``heads=None`` is refused by name, not a TypeError."""
+    import localize
+    from localize.errors import InputError
+    from localize.testing import tiny_llava
+
+    vlm = localize.VLM(*tiny_llava())
+    loc = localize.Localizer(vlm, [(2, 1)])
+    assert loc.ground_many(np.zeros((40, 30, 3), np.uint8), []) == []
+    with pytest.raises(InputError, match="heads must be 'auto'"):
+        localize.load(vlm, heads=None)
