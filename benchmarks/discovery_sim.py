@@ -22,7 +22,6 @@ from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import numpy as np
-
 from localize.heads.discover import _aggregate
 from localize.heads.scoring import TAU_METHODS, TIE_RULES, attention_sum, max_curvature_threshold, spatial_entropy
 
@@ -348,7 +347,9 @@ def compare_choices(sims: list[Simulation], sizes: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m localize.benchmarks.discovery_sim``: the planted-heads table (toolkit vs official) and the choices."""
-    parser = argparse.ArgumentParser(prog="python -m localize.benchmarks.discovery_sim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m localize.benchmarks.discovery_sim", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--seeds", type=int, default=10, help="simulator seeds (default 10)")
     parser.add_argument(
         "--samples", default="100,300,1000", help="N values, prefixes of one run (default 100,300,1000)"

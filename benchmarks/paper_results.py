@@ -15,22 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from localize.data.registry import paper_columns
+
 PAPER = (
     'Kang, Kim, Kim, Hwang, "Your Large Vision-Language Model Only Needs A Few Attention Heads For Visual '
     'Grounding", CVPR 2025, arXiv:2503.06287'
 )
 NOT_AVAILABLE = "the paper reports no value here"
-# The eight evaluation splits, in the paper's column order.
-SPLITS: tuple[tuple[str, str], ...] = (
-    ("refcoco", "val"),
-    ("refcoco", "testA"),
-    ("refcoco", "testB"),
-    ("refcoco+", "val"),
-    ("refcoco+", "testA"),
-    ("refcoco+", "testB"),
-    ("refcocog", "val"),
-    ("refcocog", "test"),
-)
+# The eight evaluation splits, in the paper's column order (from the dataset registry).
+SPLITS: tuple[tuple[str, str], ...] = tuple(paper_columns())
 # Metric keys of a paper row -> the table that reports them.
 TABLES = {"acc@0.5": "Table 1 (REC, Acc@0.5)", "ciou": "Table 2 (RES, cIoU)"}
 # Table 3's columns: (split, query length).

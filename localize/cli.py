@@ -18,8 +18,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "discover": ("localize.heads.command", "add_arguments", "run", "find a model's localization heads"),
     "ground": ("localize.commands.ground", "add_arguments", "run", "ground a phrase in an image: box, mask, overlay"),
     "demo": ("localize.commands.ground", "add_demo_arguments", "run_demo", "render a shapes scene and ground 3 expressions"),
-    "bench": ("localize.benchmarks.bench", "add_arguments", "run", "REC / RES benchmarks, resumable; --compare two runs"),
-    "reproduce": ("localize.benchmarks.bench", "add_reproduce_arguments", "run_reproduce", "the paper's protocol end to end"),
+    "bench": ("localize.benchmarks.command", "add_arguments", "run", "REC / RES benchmarks, resumable; --compare two runs"),
+    "reproduce": ("localize.benchmarks.command", "add_reproduce_arguments", "run_reproduce", "the paper's protocol end to end"),
     "finetune": ("localize.finetune.command", "add_arguments", "run", "Where-to-Look fine-tuning of the localization heads"),
 }
 DATA_COMMANDS: dict[str, tuple[str, str, str, str]] = {

@@ -9,14 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FIXTURE_DIR
-from PIL import Image
-
-from localize.benchmarks import bench
-from localize.data.registry import open_dataset
+from localize.benchmarks import config, predict, report, results
 from localize.benchmarks.metrics import box_iou, mask_intersection_union
 from localize.benchmarks.paper_results import PAPER_RESULTS, SPLITS, paper_row
-from localize.cli import main
+from PIL import Image
 
+from localize.cli import main
+from localize.data.registry import open_dataset
+from localize.errors import InputError
+from localize.postprocess import rle_to_mask
+from localize.runs import AppendLog
 
 IMAGES = {  # the fixture's COCO images (not shipped): name -> (width, height)
     "COCO_train2014_000000495169.jpg": (640, 480),
@@ -86,7 +88,7 @@ def _lines(path: Path) -> list[dict]:
 
 
 def test_one_row_per_expression_per_split_and_summary_recomputes(full_run):
-    rows = bench.read_rows(full_run)
+    rows = results.read_rows(full_run)
     assert {key: len(value) for key, value in rows.items()} == EXPECTED
     summary = json.loads((full_run / "summary.json").read_text())
     by_split = {(s["dataset"], s["split"]): s for s in summary["splits"]}
@@ -104,7 +106,7 @@ def test_one_row_per_expression_per_split_and_summary_recomputes(full_run):
             iou = box_iou(row["pred_box"], sample.box)
             assert iou == pytest.approx(row["box_iou"], abs=1e-6)
             hits.append(iou >= 0.5)
-            i, u = mask_intersection_union(bench.decode_rle(row["pred_mask_rle"]), sample.mask())
+            i, u = mask_intersection_union(rle_to_mask(row["pred_mask_rle"]), sample.mask())
             assert (i, u) == (row["mask_i"], row["mask_u"])
             inter, union = inter + i, union + u
             ious.append(i / u)
@@ -114,7 +116,7 @@ def test_one_row_per_expression_per_split_and_summary_recomputes(full_run):
         assert entry["acc@0.5"] == pytest.approx(np.mean(hits))
         assert entry["ciou"] == pytest.approx(inter / union)
         assert entry["miou"] == pytest.approx(np.mean(ious))
-    assert bench.summarize(full_run) == summary  # the files alone give the same summary
+    assert report.summarize(full_run) == summary  # the files alone give the same summary
     markdown = (full_run / "summary.md").read_text()
     assert "| model / method | RefCOCO val | RefCOCO testA" in markdown and "RES: cIoU" in markdown
     manifest = json.loads((full_run / "manifest.json").read_text())
@@ -125,19 +127,19 @@ def test_one_row_per_expression_per_split_and_summary_recomputes(full_run):
 
 def test_interrupted_run_resumes_without_loss_or_duplicates(workspace, full_run, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
-    original = bench._JsonlWriter.write
+    original = AppendLog.write
     written = []
 
-    def dying_write(self, row):
+    def dying_write(self, *rows):
         if len(written) == 7:
             raise KeyboardInterrupt  # a kill after 7 rows
-        original(self, row)
-        written.append(row["id"])
+        original(self, *rows)
+        written.extend(row["id"] for row in rows)
 
-    monkeypatch.setattr(bench._JsonlWriter, "write", dying_write)
+    monkeypatch.setattr(AppendLog, "write", dying_write)
     assert _bench(workspace, out, "--heads", HEADS, "--gallery", "0", data="refcoco") == 130
-    monkeypatch.setattr(bench._JsonlWriter, "write", original)
-    assert sum(len(r) for r in bench.read_rows(out).values()) == 7
+    monkeypatch.setattr(AppendLog, "write", original)
+    assert sum(len(r) for r in results.read_rows(out).values()) == 7
     assert _bench(workspace, out, "--heads", HEADS, "--gallery", "0", data="refcoco") == 0
     # A kill mid-write: the last line torn in half.
     testb = out / "results" / "refcoco" / "testB.jsonl"
@@ -145,7 +147,7 @@ def test_interrupted_run_resumes_without_loss_or_duplicates(workspace, full_run,
     testb.write_text("".join(text[:-1]) + text[-1][: len(text[-1]) // 2])
     assert _bench(workspace, out, "--heads", HEADS, "--gallery", "0", data="refcoco") == 0
 
-    reference = bench.read_rows(full_run)
+    reference = results.read_rows(full_run)
     for split in ("val", "testA", "testB"):
         lines = _lines(out / "results" / "refcoco" / f"{split}.jsonl")  # every line parses
         assert sorted(r["id"] for r in lines) == sorted(r["id"] for r in reference[("refcoco", split)])
@@ -224,8 +226,8 @@ def test_heads_from_discovery_records_the_heads_file(workspace, tmp_path):
 
 
 def test_parse_splits_and_paper_table():
-    assert bench.parse_splits(["refcoco", "refcocog"], None)[-2:] == [("refcocog", "val"), ("refcocog", "test")]
-    assert bench.parse_splits(["refcoco", "refcocog"], "val,refcocog:test") == [
+    assert config.parse_splits(["refcoco", "refcocog"], None)[-2:] == [("refcocog", "val"), ("refcocog", "test")]
+    assert config.parse_splits(["refcoco", "refcocog"], "val,refcocog:test") == [
         ("refcoco", "val"),
         ("refcocog", "val"),
         ("refcocog", "test"),
@@ -233,9 +235,9 @@ def test_parse_splits_and_paper_table():
     row = paper_row("llava-hf/llava-1.5-7b-hf")
     assert row is PAPER_RESULTS["llava-1.5-7b"] and "arXiv:2503.06287" in row.source and row.available
     summary = {"model": "m", "method": "heads", "splits": [], "sam": False}
-    text = bench.format_paper_comparison(summary, "llava-1.5-7b")
+    text = report.format_paper_comparison(summary, "llava-1.5-7b")
     assert "| paper: LLaVA-1.5-7B | 86.5 |" in text and "Table 1" in text and "Table 2" in text
-    assert "no row for 'qwen2-vl-2b'" in bench.format_paper_comparison(summary, "qwen2-vl-2b")
+    assert "no row for 'qwen2-vl-2b'" in report.format_paper_comparison(summary, "qwen2-vl-2b")
 
 
 def test_sam_refines_the_masks(workspace, tmp_path, monkeypatch):
@@ -248,7 +250,7 @@ def test_sam_refines_the_masks(workspace, tmp_path, monkeypatch):
     out = tmp_path / "sam"
     args = ("--heads", HEADS, "--sam", str(checkpoint), "--sam-type", "vit_b", "--prompt", "box+points")
     assert _bench(workspace, out, *args, "--splits", "val", "--gallery", "1", data="refcoco") == 0
-    rows = bench.read_rows(out)[("refcoco", "val")]
+    rows = results.read_rows(out)[("refcoco", "val")]
     assert len(rows) == 6 and any(r["score"] > 0 for r in rows)
     assert all((r["sam_score"] is not None) == (r["score"] > 0) for r in rows)  # SAM where attention found something
     manifest = json.loads((out / "manifest.json").read_text())
@@ -295,39 +297,39 @@ def test_vlm_answer_is_greedy_bounded_and_deterministic(tiny_vlm, noise_image):
 
 
 def test_answer_matches_compares_the_first_reference_words():
-    assert bench.answer_matches("x2 y3 small red circle", "x2 y3 small red circle")
-    assert bench.answer_matches("  X2   y3\nSmall red CIRCLE ", "x2 y3 small red circle")  # case and whitespace
-    assert bench.answer_matches("x2 y3 small red circle x1 blue the", "x2 y3 small red circle")  # trailing words
-    assert not bench.answer_matches("x2 y3 small red", "x2 y3 small red circle")  # too short
-    assert not bench.answer_matches("x2 y4 small red circle", "x2 y3 small red circle")
-    assert not bench.answer_matches("y3 x2 small red circle", "x2 y3 small red circle")  # order counts
-    assert not bench.answer_matches("x2y3 small red circle", "x2 y3 small red circle")  # words, not characters
-    assert not bench.answer_matches("", "x2 y3") and not bench.answer_matches("anything", "  ")
-    assert bench.parse_tasks("rec, ANSWER,rec") == ["rec", "answer"]
-    with pytest.raises(bench.InputError, match="--task"):
-        bench.parse_tasks("rec,vqa")
+    assert predict.answer_matches("x2 y3 small red circle", "x2 y3 small red circle")
+    assert predict.answer_matches("  X2   y3\nSmall red CIRCLE ", "x2 y3 small red circle")  # case and whitespace
+    assert predict.answer_matches("x2 y3 small red circle x1 blue the", "x2 y3 small red circle")  # trailing words
+    assert not predict.answer_matches("x2 y3 small red", "x2 y3 small red circle")  # too short
+    assert not predict.answer_matches("x2 y4 small red circle", "x2 y3 small red circle")
+    assert not predict.answer_matches("y3 x2 small red circle", "x2 y3 small red circle")  # order counts
+    assert not predict.answer_matches("x2y3 small red circle", "x2 y3 small red circle")  # words, not characters
+    assert not predict.answer_matches("", "x2 y3") and not predict.answer_matches("anything", "  ")
+    assert config.parse_tasks("rec, ANSWER,rec") == ["rec", "answer"]
+    with pytest.raises(InputError, match="--task"):
+        config.parse_tasks("rec,vqa")
 
 
 def test_answer_task_rows_and_summary(answer_runs):
     from localize.data.shapes import ShapesDataset
 
     reference = {s.sample_id: s for s in (ShapesDataset(split="val")[i] for i in range(4))}
-    rows = bench.read_rows(answer_runs["with"])[("shapes", "val")]
+    rows = results.read_rows(answer_runs["with"])[("shapes", "val")]
     assert len(rows) == 4
     for row in rows:
         assert isinstance(row["pred_answer"], str) and isinstance(row["answer_correct"], bool)
         assert row["target_answer"] == reference[row["id"]].answer
-        assert row["answer_correct"] == bench.answer_matches(row["pred_answer"], row["target_answer"])
-        budget = len(row["target_answer"].split()) + bench.ANSWER_EXTRA_TOKENS  # word-level tokenizer: 1 word/token
+        assert row["answer_correct"] == predict.answer_matches(row["pred_answer"], row["target_answer"])
+        budget = len(row["target_answer"].split()) + config.ANSWER_EXTRA_TOKENS  # word-level tokenizer: 1 word/token
         assert len(row["pred_answer"].split()) <= budget and "answer_s" in row["timings"]
     summary = json.loads((answer_runs["with"] / "summary.json").read_text())
     entry = summary["splits"][0]
     assert entry["n_answer"] == 4 and entry["answer_acc"] == pytest.approx(np.mean([r["answer_correct"] for r in rows]))
     assert "Answer: exact match (%)" in (answer_runs["with"] / "summary.md").read_text()
     manifest = json.loads((answer_runs["with"] / "manifest.json").read_text())
-    assert manifest["tasks"] == ["rec", "answer"] and manifest["settings"]["answer"] == bench.ANSWER_PROTOCOL
+    assert manifest["tasks"] == ["rec", "answer"] and manifest["settings"]["answer"] == config.ANSWER_PROTOCOL
 
-    plain_rows = bench.read_rows(answer_runs["without"])[("shapes", "val")]
+    plain_rows = results.read_rows(answer_runs["without"])[("shapes", "val")]
     assert [r["id"] for r in plain_rows] == [r["id"] for r in rows]
     assert all("pred_answer" not in r and "answer_correct" not in r for r in plain_rows)
     plain = json.loads((answer_runs["without"] / "summary.json").read_text())["splits"][0]

@@ -12,8 +12,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter, label
-
 from localize.benchmarks.discovery_sim import (
     SimConfig,
     evaluate,
@@ -22,6 +20,7 @@ from localize.benchmarks.discovery_sim import (
     simulate,
 )
 from localize.heads.scoring import spatial_entropy
+from scipy.ndimage import gaussian_filter, label
 
 
 def _official_entropy_port(attention_map: torch.Tensor, threshold: float = 0.001) -> float:

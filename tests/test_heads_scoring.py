@@ -9,8 +9,6 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import ndimage
-
 from localize.heads import (
     HeadsFile,
     attention_sum,
@@ -31,6 +29,8 @@ from localize.heads import (
     validate_heads,
 )
 from localize.heads.figures import plot_frequency_bars, plot_rank_iou, plot_sum_curve
+from scipy import ndimage
+
 from localize.errors import HeadsMismatchError, InputError, LocalizeError
 
 # --- spatial entropy ------------------------------------------------------------------------------------------

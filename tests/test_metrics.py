@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
-
 from localize.benchmarks.metrics import (
     RecAccumulator,
     ResAccumulator,
@@ -14,6 +12,7 @@ from localize.benchmarks.metrics import (
     mask_intersection_union,
     mask_iou,
 )
+from pycocotools import mask as mask_utils
 
 
 def test_box_iou_hand_values() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from localize.benchmarks import bench
+from localize.benchmarks import report
 from localize.benchmarks.paper_results import (
     PAPER_RESULTS,
     REASONSEG_COLUMNS,
@@ -62,7 +62,7 @@ def test_bench_summary_and_compare_show_the_paper_beside_ours():
     split = {"dataset": "refcoco", "split": "val", "n": 2, "skipped": 0, "skipped_examples": []}
     split |= {"acc@0.5": 0.5, "ciou": 0.7, "miou": 0.6}
     summary = {"model": "llava-hf/llava-1.5-7b-hf", "method": "heads", "tasks": ["rec", "res"], "splits": [split]}
-    text = bench.format_summary_md(summary)
+    text = report.format_summary_md(summary)
     assert "| paper: LLaVA-1.5-7B | 86.5 |" in text and "| paper: LLaVA-1.5-7B | 74.2 |" in text
-    text = bench.format_paper_comparison({**summary, "sam": True}, "llava-1.5-7b")
+    text = report.format_paper_comparison({**summary, "sam": True}, "llava-1.5-7b")
     assert "| paper: LLaVA-1.5-7B | 86.5 | 89.8 |" in text and "Table 2" in text

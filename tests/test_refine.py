@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import segment_anything
 import torch
-from PIL import Image
-
 from localize.refine.errors import RefineError, SamInputError
 from localize.refine.sam import SamCheckpointError, SamRefiner, load_sam, sample_points
 from localize.refine.testing import tiny_sam
+from PIL import Image
 
 HEIGHT, WIDTH = 48, 80  # non-square; SAM input 64 px: resized to (38, 64)
 SX, SY = 64 / WIDTH, 38 / HEIGHT

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from localize.runs import AppendLog, SettingsMismatchError, check_settings, merge_lines, read_jsonl, shard_files, shard_path
+from localize.runs import (
+    AppendLog,
+    SettingsMismatchError,
+    check_settings,
+    merge_lines,
+    read_jsonl,
+    shard_files,
+    shard_path,
+)
 
 
 def test_append_log_cuts_a_torn_line_and_writes_the_header_once(tmp_path):

@@ -215,7 +215,6 @@ def test_isolated_local_image_tokens_for_training_trials():
     embeddings, and in the language model an image token attends to no other image token, so changing one patch
     changes only that image token and the text after the image."""
     import torch
-
     from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = _tiny_trial_args(vision_feature_layer=-2, isolate_image_tokens=0.5)
@@ -250,7 +249,6 @@ def test_patch_attribute_labels_and_training_run_resume(tmp_path, capsys):
     import json
 
     import torch
-
     from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     scene, _ = shapes.sample_scene(shapes.scene_seed("val", 5), 3, 64)
@@ -290,7 +288,9 @@ def test_patch_attribute_labels_and_training_run_resume(tmp_path, capsys):
 def test_probe_reports_baselines_oracle_and_object_choice_by_kind():
     """``shapes_probe`` on a tiny untrained model: the oracle recovers the targets, and the best head's object choice
     is broken down by expression kind over every scene with more than one object."""
-    from localize.benchmarks.shapes_tiny import probe as shapes_probe, train_base as train_shapes
+    from localize.benchmarks.shapes_tiny import probe as shapes_probe
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
+
     from localize.models import VLM
 
     args = _tiny_trial_args(batch_size=4, image_size=128)
@@ -315,9 +315,10 @@ def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_pa
     from pathlib import Path
 
     import torch
+    from localize.benchmarks.shapes_tiny import build as build_shapes_tiny
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     import localize.cli
-    from localize.benchmarks.shapes_tiny import build as build_shapes_tiny, train_base as train_shapes
 
     default = torch.get_num_threads()
     calls = []
@@ -353,7 +354,6 @@ def test_query_reads_mask_leaves_one_route_from_the_image_to_the_answer():
     """``--query-reads-probability``: on its steps only the positions that predict answer words see image tokens,
     and a changed patch reaches only its grid neighbours among image tokens (local, 2 layers: at most 2 cells away)."""
     import torch
-
     from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = _tiny_trial_args(vision_feature_layer=-2, query_reads_probability=1.0)
@@ -513,8 +513,8 @@ def test_text_object_choice_reads_each_heads_attention_at_the_query():
     from types import SimpleNamespace
 
     import torch
-
-    from localize.benchmarks.shapes_tiny import probe as shapes_probe, train_base as train_shapes
+    from localize.benchmarks.shapes_tiny import probe as shapes_probe
+    from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     args = _tiny_trial_args(text_steps=5, shaded=False, clutter=0, text_clutter=2)
     _, processor = train_shapes.build_model(args)

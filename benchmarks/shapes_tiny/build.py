@@ -58,8 +58,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "localize" / "assets"
 def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path]:
     """Run the missing steps under ``work``; returns the base and fine-tuned model directories."""
     import torch
-
     from localize.benchmarks.shapes_tiny import train_base as train_shapes
+
     from localize.cli import main as localize_main
 
     default_threads = torch.get_num_threads()  # training sets its own count; discovery and fine-tuning get this

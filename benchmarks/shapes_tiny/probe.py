@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from localize.benchmarks.metrics import box_iou
 
 from localize.data import shapes
-from localize.benchmarks.metrics import box_iou
 
 
 def trial_settings(path: str) -> dict:
@@ -41,9 +41,8 @@ def load_for_probe(path: str, settings: dict):
 
     if not settings:
         return load_model(path, device="cpu", dtype="float32")
-    from safetensors.torch import load_file
-
     from localize.benchmarks.shapes_tiny.train_base import build_model
+    from safetensors.torch import load_file
 
     model, processor = build_model(argparse.Namespace(**settings))
     model.load_state_dict(load_file(Path(path) / "model.safetensors"), strict=False)
@@ -65,8 +64,9 @@ def probe(
     Acc@0.5 of the heads, baselines and the oracle on test scenes (``shaded``: of the shaded world; ``clutter``:
     with that many little objects, which the baselines' random object is not drawn from)."""
     from localize.heads.discover import discover
-    from localize.published import load_heads_for
+
     from localize.postprocess import GroundingSettings, maps_to_grounding
+    from localize.published import load_heads_for
 
     torch.manual_seed(seed)
     found = None
