@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from localize.options import add_grounding_arguments
+
 from .config import DEFAULT_TASKS, PAPER_PROTOCOL, BenchConfig
 from .report import format_paper_comparison, format_summary_md, run_compare
 from .runner import run_bench
@@ -34,26 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_TASKS),
         help="comma list of rec, res, answer (default rec,res); answer: the model's greedy text answers, exact match",
     )
-    parser.add_argument("--sam", help="SAM checkpoint (.pth): RES masks from SAM")
-    parser.add_argument("--sam-type", default="vit_h", choices=["vit_b", "vit_l", "vit_h"])
-    parser.add_argument("--prompt", default="box", choices=["box", "point", "points", "box+points"], help="SAM prompt")
     parser.add_argument("--limit", type=int, help="first N expressions of each split")
     parser.add_argument("--k", type=int, choices=range(1, 6), metavar="1..5", help="use the first k heads")
-    parser.add_argument("--kernel", type=int, default=7, help="Gaussian kernel on the grid (paper: 7)")
-    parser.add_argument("--sigma", type=float, default=1.0, help="Gaussian sigma on the grid (paper: 1; 0 = off)")
-    parser.add_argument(
-        "--scale-smoothing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="scale kernel and sigma with the grid relative to 24x24 (default; unchanged on LLaVA-1.5)",
-    )
-    parser.add_argument("--mask-mode", default="hull", choices=["hull", "component", "binary"])
     parser.add_argument("--oracle-maps", action="store_true", help="ceiling: target mask on the grid as the map")
     parser.add_argument("--method", help="row label in the tables (default: from heads and settings)")
     parser.add_argument("--gallery", type=int, default=16, help="worst samples rendered to OUT/gallery (default 16)")
     parser.add_argument("--out", help="output directory (with --compare: where compare.json/.md go)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    add_grounding_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -113,7 +113,7 @@ def build_localizer(config: BenchConfig, out: Path, state: Any) -> tuple[Any, di
     settings for the manifest)."""
     from localize.grounder import load
     from localize.models import load_model
-    from localize.postprocess import GroundingSettings
+    from localize.options import settings_from_args
 
     device = str(state.device) if state.device is not None and config.device == "auto" else config.device
     vlm = load_model(config.model, device=device, dtype=config.dtype)
@@ -126,9 +126,7 @@ def build_localizer(config: BenchConfig, out: Path, state: Any) -> tuple[Any, di
             heads_file = spec
         source = spec
     heads = _first_k(list(load_heads_for(vlm, heads_file or config.heads).heads), config.k, heads_file)
-    settings = GroundingSettings(
-        kernel=config.kernel, sigma=config.sigma, scale_to_grid=config.scale_smoothing, mask_mode=config.mask_mode
-    )
+    settings = settings_from_args(config)
     loc = load(vlm, heads, sam=config.sam, sam_type=config.sam_type, sam_prompt=config.prompt, settings=settings)
     info = vlm.info()
     resolved = {

@@ -279,6 +279,12 @@ def test_cli_run_exports_a_model_that_loads(tmp_path):
     assert not torch.equal(merged[name], dict(model.named_parameters())[name])  # LoRA was merged in
     name = "model.language_model.layers.3.mlp.down_proj.weight"
     assert not torch.equal(merged[name], dict(model.named_parameters())[name])
+    from localize.cli import main as localize_main  # `--model OUT` of a fine-tuning run loads OUT/merged
+
+    image = tmp_path / "scene.png"
+    sample.image.save(image)
+    assert localize_main(["ground", str(image), sample.expression, "--model", str(out), "--device", "cpu"]) == 0
+    assert localize.load(str(out)).heads == tuple(HEADS)
 
 
 def test_shapes_training_data_is_fresh_for_every_drawn_sample(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from localize.errors import InputError
+from localize.options import add_grounding_arguments, localizer_from_args
 
 DEFAULT_MODEL = "shapes-tiny"
 
@@ -16,20 +17,7 @@ DEFAULT_MODEL = "shapes-tiny"
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help=f"alias, hub id or local directory (default: {DEFAULT_MODEL})")
     parser.add_argument("--heads", default="auto", help='"auto", a heads file, or "L14 H24,L14 H13"')
-    parser.add_argument("--sam", default=None, help="SAM checkpoint (.pth) to refine the mask")
-    parser.add_argument("--sam-type", default="vit_h", choices=["vit_b", "vit_l", "vit_h"])
-    parser.add_argument("--prompt", default="box", choices=["box", "point", "points", "box+points"], help="SAM prompt")
-    parser.add_argument("--kernel", type=int, default=7, help="Gaussian kernel on the grid (paper: 7 for 24x24)")
-    parser.add_argument("--sigma", type=float, default=1.0, help="Gaussian sigma on the grid (0 disables)")
-    parser.add_argument(
-        "--scale-smoothing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="scale kernel and sigma with the model's grid relative to 24x24 (default; unchanged on LLaVA-1.5)",
-    )
-    parser.add_argument("--mask-mode", default="hull", choices=["hull", "component", "binary"])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
+    add_grounding_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,22 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_localizer(args: argparse.Namespace):
     """A :class:`~localize.grounder.Localizer` from the shared model/heads/SAM/smoothing arguments."""
-    from localize.grounder import load
-    from localize.postprocess import GroundingSettings
-
-    settings = GroundingSettings(
-        kernel=args.kernel, sigma=args.sigma, scale_to_grid=args.scale_smoothing, mask_mode=args.mask_mode
-    )
-    return load(
-        args.model or DEFAULT_MODEL,
-        args.heads,
-        sam=args.sam,
-        sam_type=args.sam_type,
-        sam_prompt=args.prompt,
-        settings=settings,
-        device=args.device,
-        dtype=args.dtype,
-    )
+    return localizer_from_args(args, model=args.model or DEFAULT_MODEL)
 
 
 def _report(localizer, image, groundings: list, out: str | None, viz: str | None, source: str) -> dict[str, Any]:
@@ -119,8 +92,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """Render a shapes scene, ground ``--count`` of its expressions with one image prefix, write the overlay."""
     import numpy as np
 
-    from localize.data import shapes
     from localize.benchmarks.metrics import box_iou
+    from localize.data import shapes
 
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 1_000_000_000)
     size = args.image_size or shapes.DEFAULT_IMAGE_SIZE
