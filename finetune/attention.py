@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from localize.adapters import Adapter
-from localize.capture import Head, _heads_by_layer, _Recorder
+from localize.capture import Head, Recorder, group_heads_by_layer
 from localize.geometry import GridGeometry
 
 IGNORE_INDEX = -100
@@ -27,7 +27,7 @@ QUERY_MODES = ("last", "expression")
 
 
 @dataclass
-class TrainingRecorder(_Recorder):
+class TrainingRecorder(Recorder):
     """The capture recorder with several query positions per sample (``query_positions`` ``[B, Q]``).
 
     ``rows[layer]`` is ``[B, h_sel, Q, K]`` (softmax rows, graph kept); ``query_mask`` ``[B, Q]`` marks real ones.
@@ -168,7 +168,7 @@ def forward_with_attention(
     """
     device = batch.labels.device
     recorder = TrainingRecorder(
-        heads_by_layer=_heads_by_layer(list(heads)),
+        heads_by_layer=group_heads_by_layer(list(heads)),
         query_positions=batch.query_positions.to(device),
         stop_after=None,
         query_mask=batch.query_mask.to(device),
@@ -187,15 +187,12 @@ def forward_with_attention(
 
 def collect_maps(recorder: TrainingRecorder, batch: TrainingBatch, heads: Sequence[Head]) -> list[torch.Tensor]:
     """Per sample ``[k, rows, cols]``: each head's query rows over the image tokens, averaged over real queries."""
-    slot = {(layer, h): i for layer, ids in recorder.heads_by_layer.items() for i, h in enumerate(ids.tolist())}
     out = []
     for b in range(batch.batch_size):
         geometry = batch.geometries[b]
-        per_head = []
-        for layer, h in heads:
-            block = recorder.rows[layer]
-            rows = block[b, slot[(layer, h)]][:, batch.image_positions[b].to(block.device)]  # [Q, n_img]
-            weight = recorder.query_mask[b].to(rows.dtype)[:, None]
-            per_head.append((rows * weight).sum(0) / weight.sum())
-        out.append(torch.stack(per_head).reshape(len(heads), geometry.rows, geometry.cols))
+        rows = recorder.head_rows(b, heads)  # [k, Q, K]
+        rows = rows[:, :, batch.image_positions[b].to(rows.device)]  # [k, Q, n_img]
+        weight = recorder.query_mask[b].to(rows.dtype)[None, :, None]
+        maps = (rows * weight).sum(1) / weight.sum()
+        out.append(maps.reshape(len(heads), geometry.rows, geometry.cols))
     return out

@@ -3,7 +3,7 @@
 The language model runs its normal SDPA attention through a function registered with transformers'
 ``AttentionInterface``. For the layers asked for, that function also computes, for the query position only,
 ``softmax(q · Kᵀ · scale + mask)`` of the requested heads (the row eager attention would return), and stores it on
-a per-call :class:`_Recorder` passed down the forward as a keyword argument. No patched modeling file, no
+a per-call :class:`Recorder` passed down the forward as a keyword argument. No patched modeling file, no
 ``output_attentions``, no eager N×N attention. Two savings on top:
 
 * early exit: the forward stops inside the deepest requested layer, once its row is recorded;
@@ -37,7 +37,7 @@ class _EarlyExit(Exception):
 
 
 @dataclass
-class _Recorder:
+class Recorder:
     """Per-call capture request and its results; travels down the forward as ``localize_recorder=``."""
 
     heads_by_layer: dict[int, torch.Tensor]
@@ -45,6 +45,12 @@ class _Recorder:
     stop_after: int | None
     keep_graph: bool = False
     rows: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def head_rows(self, sample: int, heads: Sequence[Head]) -> torch.Tensor:
+        """The recorded rows of ``heads`` for one sample, stacked in the order given: ``[k, K]`` (``[k, Q, K]`` with
+        several queries per sample)."""
+        slot = {(layer, h): i for layer, ids in self.heads_by_layer.items() for i, h in enumerate(ids.tolist())}
+        return torch.stack([self.rows[layer][sample, slot[(layer, h)]] for layer, h in heads])
 
     def record(self, layer: int, module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: Any) -> None:
         """Store ``softmax(q·Kᵀ·scale + mask)`` of this layer's requested heads at the query positions.
@@ -91,7 +97,7 @@ def _capture_attention(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    localize_recorder: _Recorder | None = None,
+    localize_recorder: Recorder | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """SDPA attention that also records the requested query rows (see module docstring)."""
@@ -156,7 +162,8 @@ def all_heads(num_layers: int, num_heads: int, skip_layers: int = 0) -> list[Hea
     return [(layer, head) for layer in range(skip_layers, num_layers) for head in range(num_heads)]
 
 
-def _heads_by_layer(heads: Sequence[Head]) -> dict[int, torch.Tensor]:
+def group_heads_by_layer(heads: Sequence[Head]) -> dict[int, torch.Tensor]:
+    """Requested heads by layer, each layer's sorted head indices as a tensor (the order rows are recorded in)."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -234,8 +241,8 @@ class Capturer:
         batch = adapter.prepare(pil_images, phrases)
         self._check_length(batch)
         queries = self._query_positions(batch, query_positions)
-        recorder = _Recorder(
-            heads_by_layer=_heads_by_layer(heads),
+        recorder = Recorder(
+            heads_by_layer=group_heads_by_layer(heads),
             query_positions=queries,
             stop_after=max(h[0] for h in heads) if early_exit else None,
             keep_graph=differentiable,
@@ -266,7 +273,7 @@ class Capturer:
             raise InputError(f"query positions {requested} outside the prompts (last tokens at {last.tolist()})")
         return out
 
-    def _run(self, inputs: dict[str, torch.Tensor], recorder: _Recorder | None, **extra: Any) -> None:
+    def _run(self, inputs: dict[str, torch.Tensor], recorder: Recorder | None, **extra: Any) -> None:
         device = self.model.device
         inputs = {k: v.to(device) for k, v in inputs.items()}
         extra.setdefault("use_cache", False)
@@ -277,30 +284,24 @@ class Capturer:
         except _EarlyExit:
             pass
 
-    def _run_with_prefix(self, batch: PreparedBatch, recorder: _Recorder, length: int) -> None:
+    def _run_with_prefix(self, batch: PreparedBatch, recorder: Recorder, length: int) -> None:
         config = self.adapter.text_config
         cache = DynamicCache(config=config)
-        prefix_only = _Recorder(
+        prefix_only = Recorder(
             heads_by_layer={}, query_positions=recorder.query_positions, stop_after=recorder.stop_after
         )
-        self._run(self.adapter.prefix_inputs(batch, length), prefix_only, use_cache=True, past_key_values=cache)
+        self._run(self.adapter.prefix_inputs(batch, length), prefix_only, use_cache=True, cache=cache)
         suffix_cache = _expand_cache(cache, batch.batch_size, config)
-        self._run(self.adapter.suffix_inputs(batch, length), recorder, use_cache=True, past_key_values=suffix_cache)
+        self._run(self.adapter.suffix_inputs(batch, length), recorder, use_cache=True, cache=suffix_cache)
 
     def _collect(
-        self, batch: PreparedBatch, recorder: _Recorder, heads: Sequence[Head], queries: torch.Tensor
+        self, batch: PreparedBatch, recorder: Recorder, heads: Sequence[Head], queries: torch.Tensor
     ) -> list[AttentionMaps]:
-        # Row index of each head inside its layer's recorded block (heads are sorted per layer).
-        slot = {}
-        for layer, head_ids in recorder.heads_by_layer.items():
-            for i, h in enumerate(head_ids.tolist()):
-                slot[(layer, h)] = i
         results = []
         for b in range(batch.batch_size):
             geometry = batch.geometries[b]
             positions = batch.image_positions[b].to(next(iter(recorder.rows.values())).device)
-            maps = torch.stack([recorder.rows[layer][b, slot[(layer, h)]] for layer, h in heads])
-            maps = maps[:, positions].reshape(len(heads), geometry.rows, geometry.cols)
+            maps = recorder.head_rows(b, heads)[:, positions].reshape(len(heads), geometry.rows, geometry.cols)
             results.append(
                 AttentionMaps(
                     maps=maps,

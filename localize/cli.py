@@ -17,10 +17,30 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "models": ("localize.cli", "add_models_arguments", "run_models", "list model aliases and supported families"),
     "discover": ("localize.heads.command", "add_arguments", "run", "find a model's localization heads"),
     "ground": ("localize.commands.ground", "add_arguments", "run", "ground a phrase in an image: box, mask, overlay"),
-    "demo": ("localize.commands.ground", "add_demo_arguments", "run_demo", "render a shapes scene and ground 3 expressions"),
-    "bench": ("localize.benchmarks.command", "add_arguments", "run", "REC / RES benchmarks, resumable; --compare two runs"),
-    "reproduce": ("localize.benchmarks.command", "add_reproduce_arguments", "run_reproduce", "the paper's protocol end to end"),
-    "finetune": ("localize.finetune.command", "add_arguments", "run", "Where-to-Look fine-tuning of the localization heads"),
+    "demo": (
+        "localize.commands.ground",
+        "add_demo_arguments",
+        "run_demo",
+        "render a shapes scene and ground 3 expressions",
+    ),
+    "bench": (
+        "localize.benchmarks.command",
+        "add_arguments",
+        "run",
+        "REC / RES benchmarks, resumable; --compare two runs",
+    ),
+    "reproduce": (
+        "localize.benchmarks.command",
+        "add_reproduce_arguments",
+        "run_reproduce",
+        "the paper's protocol end to end",
+    ),
+    "finetune": (
+        "localize.finetune.command",
+        "add_arguments",
+        "run",
+        "Where-to-Look fine-tuning of the localization heads",
+    ),
 }
 DATA_COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "check": (
@@ -43,10 +63,7 @@ def run_models(args: argparse.Namespace) -> int:
     from .models import known_aliases
 
     aliases = known_aliases()
-    families = [
-        {"family": a.family, "model_types": list(a.model_types), "template": a.default_template, "notes": a.description}
-        for a in ADAPTERS
-    ]
+    families = [adapter.describe() for adapter in ADAPTERS]
     if args.json:
         print(json.dumps({"aliases": aliases, "families": families}, indent=2))
         return 0

@@ -47,7 +47,9 @@ def resolve_spec(spec: str) -> str:
         return ALIASES[spec]
     if os.path.isdir(spec):
         merged = os.path.join(spec, "merged")  # a `localize finetune --out` directory: its exported model
-        if not os.path.isfile(os.path.join(spec, "config.json")) and os.path.isfile(os.path.join(merged, "config.json")):
+        if not os.path.isfile(os.path.join(spec, "config.json")) and os.path.isfile(
+            os.path.join(merged, "config.json")
+        ):
             return merged
         return spec
     if "/" in spec and not spec.startswith((".", "/")) and spec.count("/") == 1:

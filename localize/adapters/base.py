@@ -157,6 +157,12 @@ class Adapter(ABC):
         """The image tensors of one sample (pixel values and the family's extras)."""
         return {"pixel_values": inputs["pixel_values"][sample : sample + 1]}
 
-    def describe(self) -> dict[str, Any]:
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
         """What this adapter supports (for ``localize models``)."""
-        return {"family": self.family, "model_types": list(self.model_types), "template": self.default_template}
+        return {
+            "family": cls.family,
+            "model_types": list(cls.model_types),
+            "template": cls.default_template,
+            "notes": cls.description,
+        }
