@@ -4,7 +4,7 @@
 
 Steps (each skipped when its output is on disk, and each resumable, so an interrupted build reruns as is):
 
-1. ``base-stage1``: ``train_shapes`` from scratch (seed 0; 3500 steps of 12 images x 4 packed expressions;
+1. ``base-stage1``: ``train_base`` from scratch (seed 0; 3500 steps of 12 images x 4 packed expressions;
    lr 1e-3, vision tower and projector 3e-4; curriculum difficulty 1 -> 2 -> 3).
 2. ``base-stage2``: the same model continued for 2500 steps (lr 5e-4 / 1.5e-4; difficulty 2, then 3).
    Its ``model/`` is ``shapes-tiny-base``.
@@ -14,14 +14,14 @@ Steps (each skipped when its output is on disk, and each resumable, so an interr
    ``--lora-vision``, the vision tower and projector; see FINETUNE) -> ``finetune/merged``, which carries the
    supervised heads as its ``heads.json``. That is ``shapes-tiny``. (Rerunning discovery on it would pick other
    heads: the fine-tuned heads now cover their objects with several mean-binarized pieces, so their spatial
-   entropy is no longer among the lowest; see SHAPES_TRIALS.md.)
+   entropy is no longer among the lowest; see TRIALS.md.)
 
 ``--install`` copies both into ``localize/assets/``. Training runs on ``--threads`` threads (the shipped weights used
 1; float reductions may differ with another count); discovery and fine-tuning use torch's default (both cores here).
 On the 2-core machine that built the shipped models: stage 1 34 min, stage 2 22 min, fine-tuning 19.8 min wall for
 2000 steps (0.57 s/step, alone on 2 threads; a second run gave bit-identical weights). A later full rebuild on a
 slower machine of the same kind took 55 + 37 min (1 thread, partly beside another job) and ~0.8-1.3 s per
-fine-tuning step, and gave other weights: see SHAPES_TRIALS.md ("What ships"); stage 1 ran at 0.58 s/step on 2
+fine-tuning step, and gave other weights: see TRIALS.md ("What ships"); stage 1 ran at 0.58 s/step on 2
 threads there (0.40 where the shipped models were built).
 """
 
@@ -58,7 +58,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "localize" / "assets"
 def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path]:
     """Run the missing steps under ``work``; returns the base and fine-tuned model directories."""
     import torch
-    from localize.benchmarks.shapes_tiny import train_base as train_shapes
+    from localize.benchmarks.shapes_tiny import train_base
 
     from localize.cli import main as localize_main
 
@@ -66,10 +66,10 @@ def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path
 
     stage1, stage2, tuned = work / "base-stage1", work / "base-stage2", work / "finetune"
     if not (stage1 / "model" / "config.json").exists():
-        train_shapes.main(["--out", str(stage1), *STAGE1, "--threads", str(threads), "--save-every", "250"])
+        train_base.main(["--out", str(stage1), *STAGE1, "--threads", str(threads), "--save-every", "250"])
     if not (stage2 / "model" / "config.json").exists():
         argv = ["--out", str(stage2), "--init", str(stage1 / "checkpoint"), *STAGE2, "--threads", str(threads)]
-        train_shapes.main([*argv, "--save-every", "250"])
+        train_base.main([*argv, "--save-every", "250"])
     torch.set_num_threads(default_threads)
     base = stage2 / "model"
     if not (base / "heads.json").exists():
