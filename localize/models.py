@@ -26,7 +26,7 @@ ALIASES: dict[str, str] = {
 }
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# The shapes-world model (see benchmarks/SHAPES_TRIALS.md): the grounding default, and the base it was fine-tuned from.
+# The shapes-world model (see benchmarks/shapes_tiny/TRIALS.md): the grounding default, and the base it was fine-tuned from.
 EMBEDDED: dict[str, Path] = {name: ASSETS / name for name in ("shapes-tiny", "shapes-tiny-base")}
 
 

@@ -16,7 +16,7 @@ disjoint ranges of scene seeds; difficulty 1 (3 objects, attribute expressions, 
 image): see SIZE_FRACTIONS. They are placed by rejection sampling, and at these sizes not every count fits: of the
 first 500 test scenes at difficulty 3, 320 hold 3 objects, 128 hold 4, 33 hold 2 and 19 hold 1.
 
-``shaded`` (a trial option, off by default; benchmarks/SHAPES_TRIALS.md): each object also gets a shade class,
+``shaded`` (a trial option, off by default; benchmarks/shapes_tiny/TRIALS.md): each object also gets a shade class,
 rendered as a brightness texture on the 8-pixel patch grid whose cells are noisy but average exactly to the class's
 level over the object, and the answer starts with the shade word: only an average over the object's whole extent
 tells it.
@@ -27,7 +27,7 @@ objects like any other (expressions must single out their target among all of th
 them), but ``ShapesDataset`` and ``sample_scene(big_referents=True)`` only ask about RefCOCO-sized targets, the ones
 the paper's map -> box step can recover. With ``clutter=8`` a scene mostly holds 9-11 objects (300 test scenes): too
 many, the idea was, for one read of them all to be decoded. In trials 19-21 that slowed the learning of positions
-rather than making the heads choose (benchmarks/SHAPES_TRIALS.md).
+rather than making the heads choose (benchmarks/shapes_tiny/TRIALS.md).
 """
 
 from __future__ import annotations
