@@ -69,7 +69,7 @@ def _worker(mode: str, args: argparse.Namespace) -> dict:
 
     import torch
 
-    from localize.capture import eager_reference_maps
+    from localize.capture import CAPTURE_ATTENTION, eager_reference_maps
 
     torch.set_num_threads(args.threads)
     vlm, image = realistic_llava(args.layers, args.hidden, args.heads)
@@ -91,7 +91,7 @@ def _worker(mode: str, args: argparse.Namespace) -> dict:
                 model(**batch2.inputs, use_cache=False, logits_to_keep=1)
         finally:
             text_config.num_hidden_layers = layers
-            vlm.adapter.set_attention("localize_sdpa")
+            vlm.adapter.set_attention(CAPTURE_ATTENTION)
 
     runs = {
         "eager_all": lambda: eager_reference_maps(model, vlm.adapter, batch2),

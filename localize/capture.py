@@ -28,7 +28,7 @@ from .geometry import GridGeometry
 from .headsfile import validate_heads
 from .images import ImageLike, load_image
 
-CAPTURE_ATTENTION = "localize_sdpa"
+CAPTURE_ATTENTION = "localize_capture"  # no "sdpa" in the name: transformers would run its SDPA support check on it (Gemma 2 declares none)
 Head = tuple[int, int]
 
 

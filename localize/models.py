@@ -23,6 +23,11 @@ ALIASES: dict[str, str] = {
     "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
     "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
     "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
+    "qwen3-vl-2b": "Qwen/Qwen3-VL-2B-Instruct",
+    "qwen3-vl-4b": "Qwen/Qwen3-VL-4B-Instruct",
+    "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct",
+    "qwen3-vl-30b-a3b": "Qwen/Qwen3-VL-30B-A3B-Instruct",
+    "glm-4.1v-9b": "zai-org/GLM-4.1V-9B-Thinking",
 }
 
 ASSETS = Path(__file__).resolve().parent / "assets"

@@ -249,3 +249,140 @@ def tiny_qwen2_5_vl(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
     )
     return model, processor
+
+
+def _qwen_tokenizer(words: Iterable[str]):
+    """The word tokenizer with the Qwen-VL image / video placeholders registered."""
+    return word_tokenizer(
+        words,
+        QWEN_SPECIALS,
+        eos_token="<|endoftext|>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
+
+
+def tiny_qwen3_vl(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    min_pixels: int = 128 * 128,
+    max_pixels: int = 32 * 32 * 64,
+    seed: int = 0,
+):
+    """A random-weight ``Qwen3VLForConditionalGeneration`` (16-px patches, deepstack) and its ``Qwen3VLProcessor``."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    tokenizer = _qwen_tokenizer(words)
+    ids = tokenizer.convert_tokens_to_ids
+    head_dim = hidden // heads
+    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
+    section.append(head_dim // 2 - sum(section))
+    config = Qwen3VLConfig(
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=16,
+            spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0],
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section,
+                             "mrope_interleaved": True},
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=16, merge_size=2, temporal_patch_size=2
+    )
+    video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor)
+    return model, processor
+
+
+GLM_SPECIALS = (
+    "<unk>",
+    "<pad>",
+    "<|endoftext|>",
+    "<|begin_of_image|>",
+    "<|image|>",
+    "<|end_of_image|>",
+    "<|begin_of_video|>",
+    "<|video|>",
+    "<|end_of_video|>",
+)
+
+
+def tiny_glm4v(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 64,
+    seed: int = 0,
+):
+    """A random-weight ``Glm4vForConditionalGeneration`` (GLM-4.1V) and its ``Glm4vProcessor``."""
+    from transformers import (
+        Glm4vConfig,
+        Glm4vForConditionalGeneration,
+        Glm4vImageProcessor,
+        Glm4vProcessor,
+        Glm4vVideoProcessor,
+    )
+
+    tokenizer = word_tokenizer(
+        words, GLM_SPECIALS, eos_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
+    )  # fmt: skip
+    ids = tokenizer.convert_tokens_to_ids
+    freqs = hidden // heads // 4  # rotary on half of each head (partial_rotary_factor 0.5): head_dim / 4 frequencies
+    section = [max(freqs // 4, 1), (freqs - max(freqs // 4, 1)) // 2]
+    section.append(freqs - sum(section))
+    config = Glm4vConfig(
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=14,
+            image_size=56, spatial_merge_size=2, temporal_patch_size=2,
+        ),
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+            num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section,
+                             "partial_rotary_factor": 0.5},
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=ids("<|image|>"),
+        video_token_id=ids("<|video|>"),
+        image_start_token_id=ids("<|begin_of_image|>"),
+        image_end_token_id=ids("<|end_of_image|>"),
+        video_start_token_id=ids("<|begin_of_video|>"),
+        video_end_token_id=ids("<|end_of_video|>"),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Glm4vForConditionalGeneration(config).eval()
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    image_processor = Glm4vImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
+    processor = Glm4vProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=Glm4vVideoProcessor()
+    )
+    return model, processor

@@ -34,10 +34,36 @@ def tiny_qwen_vlm():
     return VLM(*tiny_qwen2_5_vl())
 
 
-@pytest.fixture(params=["llava", "qwen2_5_vl"])
-def tiny_vlm(request, tiny_llava_vlm, tiny_qwen_vlm):
-    """Each supported family in turn."""
-    return {"llava": tiny_llava_vlm, "qwen2_5_vl": tiny_qwen_vlm}[request.param]
+@pytest.fixture(scope="session")
+def tiny_qwen3_vlm():
+    """A tiny Qwen3-VL (GQA, deepstack, 16-px patches) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_qwen3_vl
+
+    return VLM(*tiny_qwen3_vl())
+
+
+@pytest.fixture(scope="session")
+def tiny_glm4v_vlm():
+    """A tiny GLM-4.1V (GQA, partial rotary M-RoPE) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_glm4v
+
+    return VLM(*tiny_glm4v())
+
+
+FAMILY_FIXTURES = {
+    "llava": "tiny_llava_vlm",
+    "qwen2_5_vl": "tiny_qwen_vlm",
+    "qwen3_vl": "tiny_qwen3_vlm",
+    "glm4v": "tiny_glm4v_vlm",
+}
+
+
+@pytest.fixture(params=list(FAMILY_FIXTURES))
+def tiny_vlm(request):
+    """Each supported family in turn (the conformance suite: tests/test_capture.py, tests/test_geometry.py)."""
+    return request.getfixturevalue(FAMILY_FIXTURES[request.param])
 
 
 @pytest.fixture

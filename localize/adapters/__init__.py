@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from ..errors import UnsupportedModelError
 from .base import Adapter, PreparedBatch
+from .glm4v import Glm4vAdapter
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter, Glm4vAdapter)
 
 
 def supported_model_types() -> list[str]:
@@ -28,6 +29,7 @@ def adapter_for(model_type: str) -> type[Adapter]:
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "Glm4vAdapter",
     "LlavaAdapter",
     "PreparedBatch",
     "Qwen2VLAdapter",

@@ -12,10 +12,10 @@ class Qwen2VLAdapter(Adapter):
     """Qwen2(.5)-VL: the image is resized to multiples of patch x merge; one token per merged 2x2 patch block."""
 
     family = "qwen2_vl"
-    model_types = ("qwen2_5_vl", "qwen2_vl")
+    model_types = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe")
     default_template = "<|vision_start|><|image_pad|><|vision_end|>{phrase}"
     vision_modules = ("visual",)
-    description = "Qwen2-VL / Qwen2.5-VL; dynamic grid from image_grid_thw / merge size; M-RoPE"
+    description = "Qwen2-VL / Qwen2.5-VL / Qwen3-VL; dynamic grid from image_grid_thw / merge size; M-RoPE"
 
     @property
     def image_token_id(self) -> int:

@@ -1,0 +1,48 @@
+"""End to end through each newer family's tiny model saved to disk: discover, ground, bench and two fine-tuning
+steps run unchanged through its adapter (the conformance suite proper is tests/test_capture.py and
+tests/test_geometry.py, parametrized over every family)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from localize.cli import main
+from localize.data.shapes import VOCABULARY, ShapesDataset
+from localize.headsfile import load_heads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("builder", ["tiny_qwen3_vl", "tiny_glm4v"])
+def test_discover_ground_bench_finetune(builder, tmp_path, capsys):
+    import localize.testing
+
+    model, processor = getattr(localize.testing, builder)(words=VOCABULARY)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    heads = tmp_path / "heads.json"
+    common = ["--device", "cpu", "--no-progress"]
+    argv = ["discover", "--model", str(folder), "--data", "shapes", "--split", "val", "--samples", "4"]
+    assert main([*argv, "--per-sample", "2", "--out", str(heads), *common]) == 0
+    found = load_heads(heads)
+    assert 1 <= len(found.heads) <= 3 and found.model_type == model.config.model_type and found.n_samples == 4
+
+    sample = ShapesDataset(split="val", size=1)[0]
+    image = tmp_path / "scene.png"
+    sample.image.save(image)
+    out = tmp_path / "ground.json"
+    argv = ["ground", str(image), sample.expression, "--model", str(folder), "--heads", str(heads)]
+    assert main([*argv, "--out", str(out), "--device", "cpu"]) == 0
+    box = json.loads(out.read_text())["results"][0]["box"]
+    assert 0 <= box[0] < box[2] <= sample.image_size[0] and 0 <= box[1] < box[3] <= sample.image_size[1]
+
+    argv = ["bench", "--model", str(folder), "--heads", str(heads), "--data", "shapes", "--splits", "test"]
+    assert main([*argv, "--limit", "3", "--gallery", "0", "--out", str(tmp_path / "bench"), *common]) == 0
+    assert json.loads((tmp_path / "bench" / "summary.json").read_text())["total"]["n"] == 3
+
+    argv = ["finetune", "--model", str(folder), "--heads", str(heads), "--data", "shapes", "--limit", "4"]
+    assert main([*argv, "--steps", "2", "--batch-size", "2", "--out", str(tmp_path / "ft"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "ft" / "merged" / "heads.json").is_file()
