@@ -28,6 +28,8 @@ ALIASES: dict[str, str] = {
     "qwen3-vl-8b": "Qwen/Qwen3-VL-8B-Instruct",
     "qwen3-vl-30b-a3b": "Qwen/Qwen3-VL-30B-A3B-Instruct",
     "glm-4.1v-9b": "zai-org/GLM-4.1V-9B-Thinking",
+    "deepseek-vl-1.3b": "deepseek-community/deepseek-vl-1.3b-chat",
+    "deepseek-vl-7b": "deepseek-community/deepseek-vl-7b-chat",
 }
 
 ASSETS = Path(__file__).resolve().parent / "assets"

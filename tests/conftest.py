@@ -52,11 +52,21 @@ def tiny_glm4v_vlm():
     return VLM(*tiny_glm4v())
 
 
+@pytest.fixture(scope="session")
+def tiny_deepseek_vlm():
+    """A tiny DeepSeek-VL (SigLIP + Llama, GQA) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_deepseek_vl
+
+    return VLM(*tiny_deepseek_vl())
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
     "qwen2_5_vl": "tiny_qwen_vlm",
     "qwen3_vl": "tiny_qwen3_vlm",
     "glm4v": "tiny_glm4v_vlm",
+    "deepseek_vl": "tiny_deepseek_vlm",
 }
 
 

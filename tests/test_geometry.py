@@ -58,6 +58,24 @@ def test_llava_cells_map_to_their_source_region(size, pad):
         assert heat.min() == 0.0 and heat.max() == 1.0
 
 
+@pytest.mark.parametrize("size", [(200, 120), (90, 181), (64, 64)])
+def test_deepseek_vl_cells_map_to_their_source_region(size):
+    """DeepSeek-VL: longest side to the canvas, the other rounded, centred pad; every interior cell decodes to itself."""
+    from localize.testing import tiny_deepseek_vl
+
+    vlm = VLM(*tiny_deepseek_vl(image_size=96, patch_size=8))
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    geometry = batch.geometries[0]
+    assert len(batch.image_positions[0]) == geometry.rows * geometry.cols == 144  # tokens in input_ids == cells
+    pixels = batch.inputs["pixel_values"][0].numpy()  # [3, S, S]
+    rows, cols, p = geometry.rows, geometry.cols, 8
+    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, p, cols, p)
+    cell_means = values.mean(axis=(2, 4)).transpose(1, 2, 0)
+    assert _check_cells(geometry, cell_means, width, height) > rows * cols // 4
+    assert geometry.x_scale == pytest.approx(geometry.y_scale, rel=0.02)  # aspect kept (up to the rounding)
+
+
 @pytest.mark.parametrize("family", ["tiny_qwen_vlm", "tiny_qwen3_vlm", "tiny_glm4v_vlm"])
 @pytest.mark.parametrize("size", [(200, 120), (110, 230)])
 def test_qwen_cells_map_to_their_source_region(request, family, size):

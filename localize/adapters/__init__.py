@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from ..errors import UnsupportedModelError
 from .base import Adapter, PreparedBatch
+from .deepseek_vl import DeepseekVLAdapter
 from .glm4v import Glm4vAdapter
 from .llava import LlavaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter, Glm4vAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter, Glm4vAdapter, DeepseekVLAdapter)
 
 
 def supported_model_types() -> list[str]:
@@ -29,6 +30,7 @@ def adapter_for(model_type: str) -> type[Adapter]:
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "DeepseekVLAdapter",
     "Glm4vAdapter",
     "LlavaAdapter",
     "PreparedBatch",
