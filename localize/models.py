@@ -30,6 +30,7 @@ ALIASES: dict[str, str] = {
     "glm-4.1v-9b": "zai-org/GLM-4.1V-9B-Thinking",
     "deepseek-vl-1.3b": "deepseek-community/deepseek-vl-1.3b-chat",
     "deepseek-vl-7b": "deepseek-community/deepseek-vl-7b-chat",
+    "mistral-small-3.1-24b": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
 }
 
 ASSETS = Path(__file__).resolve().parent / "assets"

@@ -61,12 +61,22 @@ def tiny_deepseek_vlm():
     return VLM(*tiny_deepseek_vl())
 
 
+@pytest.fixture(scope="session")
+def tiny_mistral3_vlm():
+    """A tiny Mistral 3 (Pixtral + 2x2 merger + Mistral LM, GQA) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_mistral3
+
+    return VLM(*tiny_mistral3())
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
     "qwen2_5_vl": "tiny_qwen_vlm",
     "qwen3_vl": "tiny_qwen3_vlm",
     "glm4v": "tiny_glm4v_vlm",
     "deepseek_vl": "tiny_deepseek_vlm",
+    "mistral3": "tiny_mistral3_vlm",
 }
 
 

@@ -76,6 +76,24 @@ def test_deepseek_vl_cells_map_to_their_source_region(size):
     assert geometry.x_scale == pytest.approx(geometry.y_scale, rel=0.02)  # aspect kept (up to the rounding)
 
 
+@pytest.mark.parametrize("size", [(200, 120), (90, 181), (70, 50)])
+def test_mistral3_cells_map_to_their_source_region(size):
+    """Mistral 3 (Pixtral): aspect-kept resize to 16-px multiples here; [IMG_BREAK] tokens are not cells."""
+    from localize.testing import tiny_mistral3
+
+    vlm = VLM(*tiny_mistral3(patch_size=8, longest_edge=96))
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    geometry = batch.geometries[0]
+    rows, cols, p = geometry.rows, geometry.cols, 16
+    breaks = int((batch.inputs["input_ids"][0] == vlm.processor.image_break_token_id).sum())
+    assert len(batch.image_positions[0]) == rows * cols and breaks == rows - 1  # the last break is [IMG_END]
+    pixels = batch.inputs["pixel_values"][0].numpy()[:, : rows * p, : cols * p]
+    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, p, cols, p)
+    cell_means = values.mean(axis=(2, 4)).transpose(1, 2, 0)
+    assert _check_cells(geometry, cell_means, width, height) >= max(rows * cols // 4, 1)
+
+
 @pytest.mark.parametrize("family", ["tiny_qwen_vlm", "tiny_qwen3_vlm", "tiny_glm4v_vlm"])
 @pytest.mark.parametrize("size", [(200, 120), (110, 230)])
 def test_qwen_cells_map_to_their_source_region(request, family, size):

@@ -7,9 +7,10 @@ from .base import Adapter, PreparedBatch
 from .deepseek_vl import DeepseekVLAdapter
 from .glm4v import Glm4vAdapter
 from .llava import LlavaAdapter
+from .mistral3 import Mistral3Adapter
 from .qwen2_vl import Qwen2VLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter, Glm4vAdapter, DeepseekVLAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter, Glm4vAdapter, DeepseekVLAdapter, Mistral3Adapter)
 
 
 def supported_model_types() -> list[str]:
@@ -33,6 +34,7 @@ __all__ = [
     "DeepseekVLAdapter",
     "Glm4vAdapter",
     "LlavaAdapter",
+    "Mistral3Adapter",
     "PreparedBatch",
     "Qwen2VLAdapter",
     "adapter_for",
