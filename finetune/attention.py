@@ -85,7 +85,8 @@ def _expression_span(adapter: Adapter, tokenizer: Any, phrase: str, prompt_len: 
     n_prompt = len(_ids(tokenizer, adapter.format_prompt(phrase)))
     n_before = len(_ids(tokenizer, before))
     n_upto = len(_ids(tokenizer, before + phrase))
-    shift = prompt_len - n_prompt  # image placeholder expansion, which precedes the phrase
+    prompt_len -= adapter.query_offset  # tokens the processor adds after the prompt (PaliGemma's \n)
+    shift = prompt_len - n_prompt  # image placeholder expansion (and <bos>), which precede the phrase
     last = prompt_len - 1 - (n_prompt - n_upto)
     first = min(max(n_before + shift, 0), last)
     return first, last
@@ -121,15 +122,15 @@ def build_training_batch(
                 extra = answer_ids.to(tokens.dtype)
             elif key == "attention_mask":
                 extra = torch.ones(len(answer_ids), dtype=tokens.dtype)
-            else:  # token-type ids and the like: the answer is text (0)
-                extra = torch.zeros(len(answer_ids), dtype=tokens.dtype)
+            else:  # token-type ids and the like: the answer's type is the adapter's (text 0; a prefix-LM's suffix 1)
+                extra = torch.full((len(answer_ids),), adapter.answer_token_type, dtype=tokens.dtype)
             row[key] = torch.cat([tokens, extra])
         rows.append(row)
         labels = torch.full((prompt_len + len(answer_ids),), IGNORE_INDEX, dtype=torch.long)
         labels[prompt_len:] = answer_ids
         label_rows.append(labels)
-        if query == "last":
-            spans.append((prompt_len - 1, prompt_len - 1))
+        if query == "last":  # the expression's last token (before the tokens the template adds after it)
+            spans.append((prompt_len - 1 - adapter.query_offset,) * 2)
         else:
             spans.append(_expression_span(adapter, tokenizer, expressions[b], prompt_len))
     length = max(len(r["input_ids"]) for r in rows)

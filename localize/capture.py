@@ -247,7 +247,8 @@ class Capturer:
             stop_after=max(h[0] for h in heads) if early_exit else None,
             keep_graph=differentiable,
         )
-        prefix = _shared_prefix_length(batch, queries) if (reuse_prefix and shared_image and len(phrases) > 1) else 0
+        reusable = reuse_prefix and adapter.prefix_reuse and shared_image and len(phrases) > 1
+        prefix = _shared_prefix_length(batch, queries) if reusable else 0
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             if prefix:
                 self._run_with_prefix(batch, recorder, prefix)
@@ -264,8 +265,8 @@ class Capturer:
 
     def _query_positions(self, batch: PreparedBatch, requested: Sequence[int] | None) -> torch.Tensor:
         last = batch.last_positions
-        if requested is None:
-            return last.clone()
+        if requested is None:  # the phrase's last token (the adapter says how many tokens its template adds)
+            return last - self.adapter.query_offset
         if len(requested) != batch.batch_size:
             raise InputError(f"{len(requested)} query positions for {batch.batch_size} phrases")
         out = torch.tensor([last[b] + 1 + p if p < 0 else p for b, p in enumerate(requested)], dtype=torch.long)
@@ -322,7 +323,7 @@ def eager_reference_maps(
 
     Switches the language model to eager attention for the call and restores the capture attention after.
     """
-    queries = batch.last_positions if queries is None else queries
+    queries = batch.last_positions - adapter.query_offset if queries is None else queries
     adapter.set_attention("eager")
     try:
         with torch.no_grad():

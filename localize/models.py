@@ -31,6 +31,7 @@ ALIASES: dict[str, str] = {
     "deepseek-vl-1.3b": "deepseek-community/deepseek-vl-1.3b-chat",
     "deepseek-vl-7b": "deepseek-community/deepseek-vl-7b-chat",
     "mistral-small-3.1-24b": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+    "paligemma-3b-224": "google/paligemma-3b-mix-224",
 }
 
 ASSETS = Path(__file__).resolve().parent / "assets"

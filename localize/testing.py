@@ -353,7 +353,10 @@ def tiny_glm4v(
 
     tokenizer = word_tokenizer(
         words, GLM_SPECIALS, eos_token="<|endoftext|>",
-        extra_special_tokens={"image_token": "<|image|>", "video_token": "<|video|>"},
+        extra_special_tokens={
+            "image_token": "<|image|>", "video_token": "<|video|>", "boi_token": "<|begin_of_image|>",
+            "eoi_token": "<|end_of_image|>", "bov_token": "<|begin_of_video|>", "eov_token": "<|end_of_video|>",
+        },
     )  # fmt: skip
     ids = tokenizer.convert_tokens_to_ids
     freqs = hidden // heads // 4  # rotary on half of each head (partial_rotary_factor 0.5): head_dim / 4 frequencies
@@ -475,4 +478,50 @@ def tiny_mistral3(
     processor = PixtralProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size, spatial_merge_size=2
     )
+    return model, processor
+
+
+def tiny_paligemma(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    image_size: int = 48,
+    patch_size: int = 8,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 1,
+    seed: int = 0,
+):
+    """A random-weight ``PaliGemmaForConditionalGeneration`` (v1: SigLIP + Gemma, a prefix-LM) and its
+    ``PaliGemmaProcessor`` (image squashed to ``image_size``; the prompt is ``<image>``s, ``<bos>``, text, ``\\n``)."""
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
+
+    specials = (*LLAVA_SPECIALS, "\n")
+    extra = {"image_token": "<image>", "newline_token": "\n"}  # special, so split out before whitespace splitting
+    tokenizer = word_tokenizer(words, specials, eos_token="</s>", extra_special_tokens=extra)
+    tokenizer.add_special_tokens({"bos_token": "<s>"})  # the processor writes it after the image tokens
+    config = PaliGemmaConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=image_size, patch_size=patch_size, projection_dim=hidden,
+        ),
+        text_config=dict(
+            model_type="gemma", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=hidden // heads,
+            max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        projection_dim=hidden,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    image_processor.image_seq_length = (image_size // patch_size) ** 2
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
     return model, processor

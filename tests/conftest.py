@@ -70,6 +70,15 @@ def tiny_mistral3_vlm():
     return VLM(*tiny_mistral3())
 
 
+@pytest.fixture(scope="session")
+def tiny_paligemma_vlm():
+    """A tiny PaliGemma v1 (SigLIP + Gemma, multi-query attention, a prefix-LM) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_paligemma
+
+    return VLM(*tiny_paligemma())
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
     "qwen2_5_vl": "tiny_qwen_vlm",
@@ -77,6 +86,7 @@ FAMILY_FIXTURES = {
     "glm4v": "tiny_glm4v_vlm",
     "deepseek_vl": "tiny_deepseek_vlm",
     "mistral3": "tiny_mistral3_vlm",
+    "paligemma": "tiny_paligemma_vlm",
 }
 
 

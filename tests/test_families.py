@@ -14,7 +14,9 @@ from localize.headsfile import load_heads
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder", ["tiny_qwen3_vl", "tiny_glm4v", "tiny_deepseek_vl", "tiny_mistral3"])
+@pytest.mark.parametrize(
+    "builder", ["tiny_qwen3_vl", "tiny_glm4v", "tiny_deepseek_vl", "tiny_mistral3", "tiny_paligemma"]
+)
 def test_discover_ground_bench_finetune(builder, tmp_path, capsys):
     import localize.testing
 

@@ -94,6 +94,25 @@ def test_mistral3_cells_map_to_their_source_region(size):
     assert _check_cells(geometry, cell_means, width, height) >= max(rows * cols // 4, 1)
 
 
+@pytest.mark.parametrize("size", [(200, 120), (90, 181)])
+def test_paligemma_cells_map_to_their_source_region(size):
+    """PaliGemma: the image squashed to the square input; the default query is the phrase's last word, not ``\\n``."""
+    from localize.testing import tiny_paligemma
+
+    vlm = VLM(*tiny_paligemma(image_size=96, patch_size=8))
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    geometry = batch.geometries[0]
+    assert len(batch.image_positions[0]) == geometry.rows * geometry.cols == 144 and "labels" not in batch.inputs
+    last = int(batch.last_positions[0])
+    tokens = vlm.processor.tokenizer.convert_ids_to_tokens(batch.inputs["input_ids"][0, last - 1 : last + 1].tolist())
+    assert tokens == ["dog", "\n"] and vlm.adapter.query_offset == 1
+    pixels = batch.inputs["pixel_values"][0].numpy()
+    rows, cols, p = geometry.rows, geometry.cols, 8
+    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, p, cols, p)
+    assert _check_cells(geometry, values.mean(axis=(2, 4)).transpose(1, 2, 0), width, height) > rows * cols // 4
+
+
 @pytest.mark.parametrize("family", ["tiny_qwen_vlm", "tiny_qwen3_vlm", "tiny_glm4v_vlm"])
 @pytest.mark.parametrize("size", [(200, 120), (110, 230)])
 def test_qwen_cells_map_to_their_source_region(request, family, size):

@@ -8,9 +8,17 @@ from .deepseek_vl import DeepseekVLAdapter
 from .glm4v import Glm4vAdapter
 from .llava import LlavaAdapter
 from .mistral3 import Mistral3Adapter
+from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (LlavaAdapter, Qwen2VLAdapter, Glm4vAdapter, DeepseekVLAdapter, Mistral3Adapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    LlavaAdapter,
+    Qwen2VLAdapter,
+    Glm4vAdapter,
+    DeepseekVLAdapter,
+    Mistral3Adapter,
+    PaliGemmaAdapter,
+)
 
 
 def supported_model_types() -> list[str]:
@@ -35,6 +43,7 @@ __all__ = [
     "Glm4vAdapter",
     "LlavaAdapter",
     "Mistral3Adapter",
+    "PaliGemmaAdapter",
     "PreparedBatch",
     "Qwen2VLAdapter",
     "adapter_for",

@@ -50,6 +50,13 @@ class Adapter(ABC):
     description: ClassVar[str] = ""
     # Attribute names of the vision side (encoder, projector / merger) inside the model, for fine-tuning it.
     vision_modules: ClassVar[tuple[str, ...]] = ()
+    # Capabilities, declared rather than found by crashing. ``prefix_reuse``: the image tokens' keys do not depend on
+    # the text after them (causal; not a prefix-LM), so one image prefix can serve several phrases.
+    prefix_reuse: ClassVar[bool] = True
+    # Tokens the prompt template puts after the phrase's last token (the default query is that token).
+    query_offset: ClassVar[int] = 0
+    # ``token_type_ids`` of answer tokens appended for training (text 0; a prefix-LM's causal suffix 1).
+    answer_token_type: ClassVar[int] = 0
 
     def __init__(self, model: torch.nn.Module, processor: Any, template: str | None = None) -> None:
         self.model = model
@@ -104,7 +111,8 @@ class Adapter(ABC):
             raise InputError(f"{len(images)} images for {len(phrases)} phrases")
         prompts = [self.format_prompt(p) for p in phrases]
         inputs = self.processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
-        inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        # labels (PaliGemma's processor returns them) would make the forward compute a loss over every position
+        inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and k != "labels"}
         mask = inputs["attention_mask"]
         positions = torch.arange(mask.shape[1]).expand_as(mask)
         last = torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(dim=1).values
@@ -164,5 +172,7 @@ class Adapter(ABC):
             "family": cls.family,
             "model_types": list(cls.model_types),
             "template": cls.default_template,
+            "prefix_reuse": cls.prefix_reuse,
+            "query_offset": cls.query_offset,
             "notes": cls.description,
         }

@@ -1,0 +1,40 @@
+"""PaliGemma v1 / v2 (``paligemma``): SigLIP tokens first, then ``<bos>``, the prompt and ``\\n``; a prefix-LM."""
+
+from __future__ import annotations
+
+import torch
+
+from ..geometry import GridGeometry
+from .base import Adapter
+
+
+class PaliGemmaAdapter(Adapter):
+    """PaliGemma: the image is squashed to the tower's square input (16 x 16 tokens at 224 px, 32 x 32 at 448 px).
+
+    The whole prompt (image and text) is one bidirectional block (``token_type_ids`` 0), so an image key depends on
+    the phrase after it: no prefix reuse. The processor ends the prompt with ``\\n``: the phrase's last word is the
+    second-to-last token, the default query.
+    """
+
+    family = "paligemma"
+    model_types = ("paligemma",)
+    default_template = "{phrase}"  # the processor writes the <image> tokens, <bos> and the closing \n itself
+    vision_modules = ("vision_tower", "multi_modal_projector")
+    description = "PaliGemma v1/v2 (SigLIP + Gemma/Gemma 2); squash to a square; prefix-LM: no prefix reuse"
+    prefix_reuse = False
+    query_offset = 1
+    answer_token_type = 1  # the answer is the causal suffix after the bidirectional prefix
+
+    @property
+    def image_token_id(self) -> int:
+        """Id of ``<image>``."""
+        return int(self.model.config.image_token_id)
+
+    def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
+        """The whole image is resized (squashed) onto the square grid."""
+        vision = self.model.config.vision_config
+        side = int(vision.image_size) // int(vision.patch_size)
+        width, height = image_size
+        return GridGeometry(
+            rows=side, cols=side, image_size=(width, height), x_scale=width / side, y_scale=height / side
+        )
