@@ -195,7 +195,12 @@ def _place_objects(
 
 
 def render_scene(
-    seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE_SIZE, shaded: bool = False, clutter: int = 0
+    seed: int,
+    difficulty: int = 2,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    shaded: bool = False,
+    clutter: int = 0,
+    varied: bool = False,
 ) -> Scene:
     """Draw the scene of ``seed``: 3-4 non-overlapping objects with repeated attributes, as many as fit (1 scene in
     10 fits fewer); deterministic. ``shaded``: the same objects, each with a shade class and its texture;
@@ -376,6 +381,7 @@ def sample_scene(
     clutter: int = 0,
     big_referents: bool = False,
     kinds: Sequence[str] | None = None,
+    varied: bool = False,
 ) -> tuple[Scene, list[Expression]]:
     """The scene of ``seed`` with its valid expressions (``big_referents``: only those whose target is RefCOCO-sized,
     not a ``clutter`` object; ``kinds``: only expressions of those kinds); re-draws (deterministically) a scene with
@@ -384,7 +390,9 @@ def sample_scene(
         raise ValueError(f"difficulty {difficulty} asks none of the kinds {list(kinds)} (see KIND_DIFFICULTY)")
     attempt = 0
     while True:
-        scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded, clutter)
+        scene = render_scene(
+            seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded, clutter, varied
+        )
         scene.seed = seed
         expressions = scene_expressions(scene)
         if big_referents:
