@@ -74,13 +74,18 @@ def scene_batch(step: int, cfg: ShapesTrainConfig, split: str = "train") -> list
     return out
 
 
+def _with_answers(expressions: list[shapes.Expression], scene: shapes.Scene) -> str:
+    """Each expression, its answer (positions binned on the scene's own canvas) and ``</s>``, joined by spaces."""
+    size = scene.image.size
+    return " ".join(f"{e.text} {shapes.answer_for(scene.objects[e.target], size)} </s>" for e in expressions)
+
+
 def make_batch(vlm, drawn: list[tuple[shapes.Scene, list]], cfg: ShapesTrainConfig):
     """Inputs, answer labels, and per row the expressions' query positions, image-token positions and targets
     (``[Q, rows * cols]`` grids of the referred objects, each summing to 1)."""
     from finetune.targets import target_grid
 
-    args = cfg.namespace()
-    texts = ["<image>\n" + train_shapes._with_answers(chosen, scene, args) for scene, chosen in drawn]
+    texts = ["<image>\n" + _with_answers(chosen, scene) for scene, chosen in drawn]
     inputs = dict(vlm.processor(images=[s.image for s, _ in drawn], text=texts, return_tensors="pt", padding=True))
     labels = torch.full_like(inputs["input_ids"], -100)
     image_id = vlm.adapter.image_token_id
@@ -215,6 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ShapesTrainConfig(**vars(parser.parse_args(argv)))
     print(f"saved {train(cfg)}", flush=True)
     return 0
+
+
+def export(checkpoint: str | Path, out: str | Path) -> Path:
+    """Save the model of a training ``checkpoint`` directory with ``save_pretrained`` (model and processor)."""
+    from safetensors.torch import load_file
+
+    state = json.loads((Path(checkpoint) / "state.json").read_text())
+    config = {**state["config"], "klal_layers": tuple(state["config"]["klal_layers"]), "init": None}
+    model, processor = train_shapes.build_model(ShapesTrainConfig(**config).namespace())
+    model.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"), strict=False)
+    model.eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    return Path(out)
 
 
 if __name__ == "__main__":
