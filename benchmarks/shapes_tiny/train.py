@@ -44,6 +44,7 @@ class ShapesTrainConfig:
     klal_layers: tuple[int, ...] = (2, 3)
     klal_weight: float = 1.0
     rest_mass: float = 0.05
+    per_head: bool = False  # KL of each head's row (averaged over heads) instead of the head average's (KLAL eq. 3)
     varied: float = 0.0  # share of training scenes drawn from the varied world (shapes.render_scene(varied=True))
     image_size: int = shapes.DEFAULT_IMAGE_SIZE
     patch_size: int = 8
@@ -104,18 +105,22 @@ def make_batch(vlm, drawn: list[tuple[shapes.Scene, list]], cfg: ShapesTrainConf
     return inputs, labels, rows
 
 
-def klal_loss(attentions, rows, layers: tuple[int, ...], rest_mass: float) -> tuple[torch.Tensor, float]:
-    """Mean over rows, queries and ``layers`` of KL(target ‖ head-averaged attention) over [image cells, rest];
-    also the supervised layers' mean attention mass on the image (S_img of their head average)."""
+def klal_loss(
+    attentions, rows, layers: tuple[int, ...], rest_mass: float, per_head: bool = False
+) -> tuple[torch.Tensor, float]:
+    """Mean over rows, queries and ``layers`` of KL(target ‖ head-averaged attention) over [image cells, rest]
+    (``per_head``: of every head's own row, averaged); also the supervised layers' mean mass on the image."""
     losses, masses = [], []
     for layer in layers:
         attention = attentions[layer]  # [B, H, T, T]
         for b, (queries, image_positions, targets) in enumerate(rows):
-            rows_b = attention[b, :, queries].mean(0)  # [Q, T]: the head average (KLAL eq. 3)
+            rows_b = attention[b, :, queries]  # [H, Q, T]
+            rows_b = rows_b.flatten(0, 1) if per_head else rows_b.mean(0)  # the head average: KLAL eq. 3
             image = rows_b[:, image_positions]
             rest = (1.0 - image.sum(-1, keepdim=True)).clamp_min(1e-8)
             q = torch.cat([image, rest], dim=-1).clamp_min(1e-8)
             p = torch.cat([targets * (1.0 - rest_mass), torch.full_like(targets[:, :1], rest_mass)], dim=-1)
+            p = p.repeat(len(q) // len(p), 1)  # per head: the same targets for every head (head-major rows)
             losses.append((torch.xlogy(p, p) - p * q.log()).sum(-1))
             masses.append(image.sum(-1).detach())
     return torch.cat(losses).mean(), float(torch.cat(masses).mean())
@@ -183,7 +188,7 @@ def train(cfg: ShapesTrainConfig) -> Path:
         for step in range(start, cfg.steps):
             inputs, labels, rows = make_batch(vlm, scene_batch(step, cfg), cfg)
             output = model(**inputs, labels=labels, output_attentions=True)
-            kl, mass = klal_loss(output.attentions, rows, cfg.klal_layers, cfg.rest_mass)
+            kl, mass = klal_loss(output.attentions, rows, cfg.klal_layers, cfg.rest_mass, cfg.per_head)
             total = output.loss + cfg.klal_weight * kl
             optimizer.zero_grad(set_to_none=True)
             total.backward()
@@ -212,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "klal_layers":
             parser.add_argument(flag, type=lambda s: tuple(int(v) for v in s.split(",")), default=f.default)
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true")
         elif f.name == "init":
             parser.add_argument(flag, default=None)
         else:
