@@ -253,8 +253,12 @@ VARIED_JPEG: tuple[int, int] = (30, 90)  # JPEG quality range, applied to half t
 def _varied_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """A flat or noisy, dark / light / grey / coloured background, with a stripe or blob texture or none."""
     tone = rng.choice(["dark", "light", "grey", "coloured"])
-    base = {"dark": np.full(3, rng.uniform(10, 70)), "light": np.full(3, rng.uniform(180, 245)),
-            "grey": np.full(3, rng.uniform(90, 160)), "coloured": rng.uniform(30, 220, size=3)}[tone]  # fmt: skip
+    base = {
+        "dark": np.full(3, rng.uniform(10, 70)),
+        "light": np.full(3, rng.uniform(180, 245)),
+        "grey": np.full(3, rng.uniform(90, 160)),
+        "coloured": rng.uniform(30, 220, size=3),
+    }[tone]
     pixels = np.broadcast_to(base, (height, width, 3)).astype(np.float32).copy()
     texture = rng.choice(["none", "stripes", "blobs"])
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -277,7 +281,9 @@ def render_varied(seed: int, difficulty: int = 3, image_size: int = DEFAULT_IMAG
     lo, hi, _ = _level_settings(difficulty)
     rng = np.random.default_rng([int(seed), int(difficulty), int(image_size), 67])
     aspect = rng.uniform(*VARIED_ASPECTS)
-    width, height = (image_size, int(round(image_size / aspect))) if aspect >= 1 else (int(round(image_size * aspect)), image_size)
+    width, height = (
+        (image_size, int(round(image_size / aspect))) if aspect >= 1 else (int(round(image_size * aspect)), image_size)
+    )
     short = min(width, height)
     palette = rng.choice(len(COLORS), size=min(len(COLORS), int(rng.integers(2, 4))), replace=False)
     background = _varied_background(rng, width, height)
@@ -285,7 +291,10 @@ def render_varied(seed: int, difficulty: int = 3, image_size: int = DEFAULT_IMAG
 
     def varied_side(rng: np.random.Generator) -> tuple[int, int]:
         fraction = rng.uniform(*VARIED_SIDES)
-        size_class = min(len(SIZE_WORDS) - 1, int((fraction - VARIED_SIDES[0]) / (VARIED_SIDES[1] - VARIED_SIDES[0]) * len(SIZE_WORDS)))
+        size_class = min(
+            len(SIZE_WORDS) - 1,
+            int((fraction - VARIED_SIDES[0]) / (VARIED_SIDES[1] - VARIED_SIDES[0]) * len(SIZE_WORDS)),
+        )
         return int(round(fraction * short)), size_class
 
     occupied = np.zeros((height, width), dtype=bool)

@@ -55,7 +55,9 @@ def draw_scene(seed: int, size: int = 128) -> tuple[Image.Image, list[Item]]:
         mask = np.asarray(layer) > 0
         ys, xs = np.nonzero(mask)
         taken[y : y + side + 1, x : x + side + 1] = True
-        items.append(Item(kind, colour, (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)), mask))
+        items.append(
+            Item(kind, colour, (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)), mask)
+        )
     return image, items
 
 

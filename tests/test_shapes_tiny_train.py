@@ -51,7 +51,7 @@ def test_batch_queries_sit_on_each_expressions_last_token(tmp_path):
     drawn = train.scene_batch(0, cfg)
     inputs, labels, rows = train.make_batch(vlm, drawn, cfg)
     tokens = processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0].tolist())
-    (queries, image_positions, targets), (scene, chosen) = rows[0], drawn[0]
+    (queries, image_positions, targets), (_, chosen) = rows[0], drawn[0]
     assert len(image_positions) == 256 and targets.shape == (len(chosen), 256)
     assert torch.allclose(targets.sum(-1), torch.ones(len(chosen)))
     for q, expression in zip(queries.tolist(), chosen):
@@ -61,7 +61,7 @@ def test_batch_queries_sit_on_each_expressions_last_token(tmp_path):
     drawn = train.scene_batch(0, varied)
     assert any(scene.image.size[0] != scene.image.size[1] for scene, _ in drawn)  # padded to square by the processor
     _, _, rows = train.make_batch(vlm, drawn, varied)
-    for (_, _, targets), (scene, chosen) in zip(rows, drawn):
+    for (_, _, targets), (_, chosen) in zip(rows, drawn):
         assert torch.allclose(targets.sum(-1), torch.ones(len(chosen)))
 
 

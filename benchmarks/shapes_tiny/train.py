@@ -166,9 +166,14 @@ def train(cfg: ShapesTrainConfig) -> Path:
     vlm = VLM(model, processor, spec=str(out))  # for its adapter's geometry; it installs the capture attention
     model.set_attn_implementation("eager")  # so set eager after it: the supervised attention rows need their graph
     vision = [p for n, p in model.named_parameters() if p.requires_grad and ("vision_tower" in n or "projector" in n)]
-    language = [p for n, p in model.named_parameters() if p.requires_grad and not ("vision_tower" in n or "projector" in n)]
+    language = [
+        p for n, p in model.named_parameters() if p.requires_grad and not ("vision_tower" in n or "projector" in n)
+    ]
     optimizer = torch.optim.AdamW(
-        [{"params": language, "lr": cfg.lr, "weight_decay": 0.01}, {"params": vision, "lr": cfg.vision_lr, "weight_decay": 0.1}],
+        [
+            {"params": language, "lr": cfg.lr, "weight_decay": 0.01},
+            {"params": vision, "lr": cfg.vision_lr, "weight_decay": 0.1},
+        ],
         betas=(0.9, 0.98),
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: train_shapes._cosine(s, cfg.steps))
@@ -176,7 +181,9 @@ def train(cfg: ShapesTrainConfig) -> Path:
     if (checkpoint / "state.json").exists():
         state = json.loads((checkpoint / "state.json").read_text())
         saved = {**state["config"], "klal_layers": tuple(state["config"]["klal_layers"])}
-        if {k: v for k, v in saved.items() if k != "threads"} != {k: v for k, v in dataclasses.asdict(cfg).items() if k != "threads"}:
+        if {k: v for k, v in saved.items() if k != "threads"} != {
+            k: v for k, v in dataclasses.asdict(cfg).items() if k != "threads"
+        }:
             raise SystemExit(f"{checkpoint} was written with other settings; use another --out")
         model.load_state_dict(load_file(checkpoint / "model.safetensors"), strict=False)
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
@@ -195,8 +202,13 @@ def train(cfg: ShapesTrainConfig) -> Path:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-            record = {"step": step + 1, "loss": round(output.loss.item(), 4), "kl": round(kl.item(), 4),
-                      "image_mass": round(mass, 4), "seconds": round(time.time() - began, 1)}  # fmt: skip
+            record = {
+                "step": step + 1,
+                "loss": round(output.loss.item(), 4),
+                "kl": round(kl.item(), 4),
+                "image_mass": round(mass, 4),
+                "seconds": round(time.time() - began, 1),
+            }
             log.write(json.dumps(record) + "\n")
             log.flush()
             if (step + 1) % 25 == 0:
@@ -222,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         elif f.name == "init":
             parser.add_argument(flag, default=None)
         else:
-            parser.add_argument(flag, type=type(f.default) if f.default is not dataclasses.MISSING else str,
-                                required=f.default is dataclasses.MISSING, default=None if f.default is dataclasses.MISSING else f.default)  # fmt: skip
+            required = f.default is dataclasses.MISSING
+            kind = str if required else type(f.default)
+            parser.add_argument(flag, type=kind, required=required, default=None if required else f.default)
     cfg = ShapesTrainConfig(**vars(parser.parse_args(argv)))
     print(f"saved {train(cfg)}", flush=True)
     return 0
