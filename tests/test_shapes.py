@@ -311,3 +311,33 @@ def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_pa
         assert len(calls) == 4  # everything on disk: nothing reruns
     finally:
         torch.set_num_threads(default)
+
+
+def test_varied_world_scenes():
+    sizes, aspects = [], set()
+    for i in range(30):
+        scene, expressions = shapes.sample_scene(shapes.scene_seed("val", i), 3, 128, varied=True)
+        again, _ = shapes.sample_scene(shapes.scene_seed("val", i), 3, 128, varied=True)
+        assert np.array_equal(np.asarray(scene.image), np.asarray(again.image))  # deterministic
+        width, height = scene.image.size
+        assert max(width, height) == 128 and 0.7 <= width / height <= 1.4
+        aspects.add(width == height)
+        for obj in scene.objects:
+            assert obj.mask.shape == (height, width) and obj.mask.any()
+            ys, xs = np.nonzero(obj.mask)
+            assert obj.box == (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+            sizes.append((obj.box[2] - obj.box[0]) / min(width, height))
+        for e in expressions:
+            col, row = (int(w[1:]) for w in shapes.answer_for(scene.objects[e.target], scene.image.size).split()[:2])
+            cx, cy = scene.objects[e.target].center
+            assert col == int(cx * 8 / width) and row == int(cy * 8 / height)  # binned on the canvas's own axes
+    assert 0.24 <= min(sizes) and max(sizes) <= 0.51 and max(sizes) - min(sizes) > 0.15
+    assert False in aspects  # non-square canvases occur
+    plain, _ = shapes.sample_scene(shapes.scene_seed("val", 0), 3, 128)
+    assert plain.image.size == (128, 128)  # the plain world is not affected
+
+
+def test_varied_dataset_samples_are_non_square():
+    data = shapes.ShapesDataset("test", size=12, varied=True)
+    assert any(s.image.size[0] != s.image.size[1] for s in data)
+    assert all(s.image_size == s.image.size for s in data)

@@ -1,0 +1,1 @@
+"""The embedded shapes-world model's recipe: KLAL-supervised training (``train``)."""

@@ -32,6 +32,7 @@ rather than making the heads choose (benchmarks/shapes_tiny/TRIALS.md).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -166,24 +167,24 @@ def _place_objects(
 ) -> list[ShapeObject]:
     """Draw up to ``count`` objects on ``canvas`` into free space (``occupied`` is updated), each side and size class
     from ``side_of``; rejection sampling, 2000 tries."""
-    image_size = canvas.size[0]
+    width, height = canvas.size
     draw = ImageDraw.Draw(canvas)
     color_names = list(COLORS)
-    gap = max(2, image_size // 40)
+    gap = max(2, min(width, height) // 40)
     objects: list[ShapeObject] = []
     attempts = 0
     while len(objects) < count and attempts < 2000:
         attempts += 1
         side, size_class = side_of(rng)
-        x0 = int(rng.integers(0, image_size - side + 1))
-        y0 = int(rng.integers(0, image_size - side + 1))
+        x0 = int(rng.integers(0, width - side + 1))
+        y0 = int(rng.integers(0, height - side + 1))
         if occupied[max(0, y0 - gap) : y0 + side + gap, max(0, x0 - gap) : x0 + side + gap].any():
             continue
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         color = color_names[int(palette[int(rng.integers(len(palette)))])]
         jitter = rng.integers(-15, 16, size=3)
         fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLORS[color], jitter))
-        mask_image = Image.new("1", (image_size, image_size), 0)
+        mask_image = Image.new("1", (width, height), 0)
         _draw_shape(ImageDraw.Draw(mask_image), shape, (x0, y0, x0 + side, y0 + side), 1)
         mask = np.array(mask_image, dtype=bool)
         _draw_shape(draw, shape, (x0, y0, x0 + side, y0 + side), fill)
@@ -195,11 +196,19 @@ def _place_objects(
 
 
 def render_scene(
-    seed: int, difficulty: int = 2, image_size: int = DEFAULT_IMAGE_SIZE, shaded: bool = False, clutter: int = 0
+    seed: int,
+    difficulty: int = 2,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    shaded: bool = False,
+    clutter: int = 0,
+    varied: bool = False,
 ) -> Scene:
     """Draw the scene of ``seed``: 3-4 non-overlapping objects with repeated attributes, as many as fit (1 scene in
     10 fits fewer); deterministic. ``shaded``: the same objects, each with a shade class and its texture;
-    ``clutter``: the same objects, then up to that many little ones in the free space."""
+    ``clutter``: the same objects, then up to that many little ones in the free space; ``varied``: a scene of the
+    varied world (:func:`render_varied`; ``shaded`` and ``clutter`` do not apply)."""
+    if varied:
+        return render_varied(seed, difficulty, image_size)
     lo, hi, noisy = _level_settings(difficulty)
     rng = np.random.default_rng([int(seed), int(difficulty), int(image_size)])
     n_objects = int(rng.integers(lo, hi + 1))
@@ -235,12 +244,98 @@ def render_scene(
     return Scene(seed=int(seed), image=canvas, objects=objects, difficulty=difficulty, image_size=image_size)
 
 
-def answer_for(obj: ShapeObject, image_size: int, position_bins: int = POSITION_BINS) -> str:
-    """The text answer about ``obj``: "x{col} y{row} {size} {color} {shape}" (``position_bins`` bins per axis),
-    after its shade word in a ``shaded`` world."""
+# The varied world (``render_scene(varied=True)``): what a scene may look like beyond the plain world.
+VARIED_SIDES: tuple[float, float] = (0.25, 0.5)  # object side / the canvas's short side
+VARIED_ASPECTS: tuple[float, float] = (0.75, 1.33)  # canvas width / height
+VARIED_JPEG: tuple[int, int] = (30, 90)  # JPEG quality range, applied to half the scenes
+
+
+def _varied_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """A flat or noisy, dark / light / grey / coloured background, with a stripe or blob texture or none."""
+    tone = rng.choice(["dark", "light", "grey", "coloured"])
+    base = {
+        "dark": np.full(3, rng.uniform(10, 70)),
+        "light": np.full(3, rng.uniform(180, 245)),
+        "grey": np.full(3, rng.uniform(90, 160)),
+        "coloured": rng.uniform(30, 220, size=3),
+    }[tone]
+    pixels = np.broadcast_to(base, (height, width, 3)).astype(np.float32).copy()
+    texture = rng.choice(["none", "stripes", "blobs"])
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    if texture == "stripes":
+        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
+        pixels += (20 * np.sin((xs * np.cos(angle) + ys * np.sin(angle)) * 2 * np.pi / period))[..., None]
+    elif texture == "blobs":
+        coarse = rng.normal(0, 25, size=(6, 6)).astype(np.float32)
+        pixels += np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))[..., None]
+    if rng.random() < 0.5:
+        pixels += rng.normal(0.0, rng.uniform(5, 20), size=pixels.shape).astype(np.float32)
+    return pixels
+
+
+def render_varied(seed: int, difficulty: int = 3, image_size: int = DEFAULT_IMAGE_SIZE) -> Scene:
+    """A scene of the varied world: 3-4 (difficulty 1: 3) objects, sides 0.25-0.5 of the short side (size class:
+    the quarter of that range), on a canvas of aspect 0.75-1.33 (long side ``image_size``) over a varied
+    background; objects textured or not, anti-aliased or hard-edged; half the scenes JPEG-compressed. Masks are the
+    hard shapes. Deterministic in ``seed``; its own random stream, so plain scenes are unchanged."""
+    lo, hi, _ = _level_settings(difficulty)
+    rng = np.random.default_rng([int(seed), int(difficulty), int(image_size), 67])
+    aspect = rng.uniform(*VARIED_ASPECTS)
+    width, height = (
+        (image_size, int(round(image_size / aspect))) if aspect >= 1 else (int(round(image_size * aspect)), image_size)
+    )
+    short = min(width, height)
+    palette = rng.choice(len(COLORS), size=min(len(COLORS), int(rng.integers(2, 4))), replace=False)
+    background = _varied_background(rng, width, height)
+    canvas = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+
+    def varied_side(rng: np.random.Generator) -> tuple[int, int]:
+        fraction = rng.uniform(*VARIED_SIDES)
+        size_class = min(
+            len(SIZE_WORDS) - 1,
+            int((fraction - VARIED_SIDES[0]) / (VARIED_SIDES[1] - VARIED_SIDES[0]) * len(SIZE_WORDS)),
+        )
+        return int(round(fraction * short)), size_class
+
+    occupied = np.zeros((height, width), dtype=bool)
+    objects = _place_objects(canvas, occupied, rng, int(rng.integers(lo, hi + 1)), palette, varied_side)
+    drawn = np.asarray(canvas, dtype=np.float32)
+    fills = [drawn[obj.mask].mean(0) for obj in objects]  # each object's jittered colour, as _place_objects drew it
+    pixels = background
+    smooth = rng.random() < 0.5
+    for obj, fill in zip(objects, fills):
+        coverage = obj.mask.astype(np.float32)
+        if smooth:  # anti-aliased edge: the shape drawn at 4x, area-averaged down
+            big = Image.new("L", (width * 4, height * 4), 0)
+            _draw_shape(ImageDraw.Draw(big), obj.shape, tuple(int(v * 4) for v in _drawn_box(obj)), 255)
+            coverage = np.asarray(big.resize((width, height), Image.BOX), dtype=np.float32) / 255.0
+        colour = np.broadcast_to(fill, pixels.shape).copy()
+        if rng.random() < 0.5:  # textured object
+            colour *= (1.0 + rng.normal(0, 0.12, size=(height, width, 1))).astype(np.float32)
+        pixels = pixels * (1 - coverage[..., None]) + colour * coverage[..., None]
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if rng.random() < 0.5:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(rng.integers(*VARIED_JPEG)))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return Scene(seed=int(seed), image=image, objects=objects, difficulty=difficulty, image_size=image_size)
+
+
+def _drawn_box(obj: ShapeObject) -> tuple[int, int, int, int]:
+    """The integer (x0, y0, x0 + side, y0 + side) an object was drawn with (``_draw_shape``'s box)."""
+    x0, y0 = int(obj.box[0]), int(obj.box[1])
+    side = max(int(obj.box[2] - obj.box[0]), int(obj.box[3] - obj.box[1]))
+    return x0, y0, x0 + side, y0 + side
+
+
+def answer_for(obj: ShapeObject, image_size: int | tuple[int, int], position_bins: int = POSITION_BINS) -> str:
+    """The text answer about ``obj``: "x{col} y{row} {size} {color} {shape}" (``position_bins`` bins per axis;
+    ``image_size``: the side, or (width, height) of a non-square canvas), after its shade word in a ``shaded``
+    world."""
+    width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
     cx, cy = obj.center
-    col = min(position_bins - 1, int(cx * position_bins / image_size))
-    row = min(position_bins - 1, int(cy * position_bins / image_size))
+    col = min(position_bins - 1, int(cx * position_bins / width))
+    row = min(position_bins - 1, int(cy * position_bins / height))
     shade = "" if obj.shade is None else f"{SHADE_WORDS[obj.shade]} "
     return f"{shade}x{col} y{row} {obj.size_word} {obj.color} {obj.shape}"
 
@@ -335,13 +430,13 @@ def choose_expression(expressions: list[Expression], rng: np.random.Generator) -
 def make_sample(scene: Scene, expression: Expression, split: str, index: int) -> GroundingSample:
     """The ``GroundingSample`` of one expression of a scene."""
     obj = scene.objects[expression.target]
-    size = scene.image_size
+    size = scene.image.size
     return GroundingSample(
         sample_id=f"shapes-{split}-d{scene.difficulty}-{scene.seed}",
         image=scene.image,
         expression=expression.text,
         box=obj.box,
-        image_size=(size, size),
+        image_size=size,
         mask_array=obj.mask,
         answer=answer_for(obj, size),
         dataset="shapes",
@@ -376,6 +471,7 @@ def sample_scene(
     clutter: int = 0,
     big_referents: bool = False,
     kinds: Sequence[str] | None = None,
+    varied: bool = False,
 ) -> tuple[Scene, list[Expression]]:
     """The scene of ``seed`` with its valid expressions (``big_referents``: only those whose target is RefCOCO-sized,
     not a ``clutter`` object; ``kinds``: only expressions of those kinds); re-draws (deterministically) a scene with
@@ -384,7 +480,9 @@ def sample_scene(
         raise ValueError(f"difficulty {difficulty} asks none of the kinds {list(kinds)} (see KIND_DIFFICULTY)")
     attempt = 0
     while True:
-        scene = render_scene(seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded, clutter)
+        scene = render_scene(
+            seed if attempt == 0 else seed * 7919 + attempt, difficulty, image_size, shaded, clutter, varied
+        )
         scene.seed = seed
         expressions = scene_expressions(scene)
         if big_referents:
@@ -414,6 +512,7 @@ class ShapesDataset:
         image_size: int = DEFAULT_IMAGE_SIZE,
         shaded: bool = False,
         clutter: int = 0,
+        varied: bool = False,
     ) -> None:
         scene_seed(split, 0, seed_offset)  # validates split and offset
         if size < 0 or seed_offset + size > SPLIT_CAPACITY:
@@ -428,6 +527,7 @@ class ShapesDataset:
         if clutter < 0:
             raise ValueError(f"clutter must be >= 0, got {clutter}")
         self.clutter = int(clutter)
+        self.varied = bool(varied)
 
     def __len__(self) -> int:
         return self.size
@@ -439,7 +539,13 @@ class ShapesDataset:
             raise IndexError(index)
         seed = scene_seed(self.split, index, self.seed_offset)
         scene, expressions = sample_scene(
-            seed, self.difficulty, self.image_size, self.shaded, self.clutter, big_referents=self.clutter > 0
+            seed,
+            self.difficulty,
+            self.image_size,
+            self.shaded,
+            self.clutter,
+            big_referents=self.clutter > 0,
+            varied=self.varied,
         )
         rng = np.random.default_rng([seed, self.difficulty, 17])
         return make_sample(scene, choose_expression(expressions, rng), self.split, index)
