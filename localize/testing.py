@@ -170,6 +170,27 @@ def tiny_llava(
     return model, processor
 
 
+def _qwen_tokenizer(words: Iterable[str]):
+    """The word tokenizer with the Qwen-VL image / video placeholders registered."""
+    return word_tokenizer(
+        words,
+        QWEN_SPECIALS,
+        eos_token="<|endoftext|>",
+        extra_special_tokens={
+            "image_token": "<|image_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+        },
+    )
+
+
+def _mrope_section(frequencies: int) -> list[int]:
+    """M-RoPE's (temporal, height, width) split of a head's rotary frequencies, about 1/4, 3/8, 3/8."""
+    section = [max(frequencies // 4, 1), (frequencies - max(frequencies // 4, 1)) // 2]
+    return [*section, frequencies - sum(section)]
+
+
 def tiny_qwen2_5_vl(
     *,
     words: Iterable[str] = DEFAULT_WORDS,
@@ -192,21 +213,9 @@ def tiny_qwen2_5_vl(
         Qwen2VLVideoProcessor,
     )
 
-    tokenizer = word_tokenizer(
-        words,
-        QWEN_SPECIALS,
-        eos_token="<|endoftext|>",
-        extra_special_tokens={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_bos_token": "<|vision_start|>",
-            "vision_eos_token": "<|vision_end|>",
-        },
-    )
+    tokenizer = _qwen_tokenizer(words)
     ids = tokenizer.convert_tokens_to_ids
-    head_dim = hidden // heads
-    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
-    section.append(head_dim // 2 - sum(section))
+    section = _mrope_section((hidden // heads) // 2)
     config = Qwen2_5_VLConfig(
         vision_config=dict(
             depth=vision_depth,
@@ -251,21 +260,6 @@ def tiny_qwen2_5_vl(
     return model, processor
 
 
-def _qwen_tokenizer(words: Iterable[str]):
-    """The word tokenizer with the Qwen-VL image / video placeholders registered."""
-    return word_tokenizer(
-        words,
-        QWEN_SPECIALS,
-        eos_token="<|endoftext|>",
-        extra_special_tokens={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_bos_token": "<|vision_start|>",
-            "vision_eos_token": "<|vision_end|>",
-        },
-    )
-
-
 def tiny_qwen3_vl(
     *,
     words: Iterable[str] = DEFAULT_WORDS,
@@ -289,8 +283,7 @@ def tiny_qwen3_vl(
     tokenizer = _qwen_tokenizer(words)
     ids = tokenizer.convert_tokens_to_ids
     head_dim = hidden // heads
-    section = [head_dim // 8, (head_dim // 2 - head_dim // 8) // 2]
-    section.append(head_dim // 2 - sum(section))
+    section = _mrope_section(head_dim // 2)
     config = Qwen3VLConfig(
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=16,
@@ -359,9 +352,7 @@ def tiny_glm4v(
         },
     )  # fmt: skip
     ids = tokenizer.convert_tokens_to_ids
-    freqs = hidden // heads // 4  # rotary on half of each head (partial_rotary_factor 0.5): head_dim / 4 frequencies
-    section = [max(freqs // 4, 1), (freqs - max(freqs // 4, 1)) // 2]
-    section.append(freqs - sum(section))
+    section = _mrope_section(hidden // heads // 4)  # rotary on half of each head (partial_rotary_factor 0.5)
     config = Glm4vConfig(
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden, patch_size=14,

@@ -23,6 +23,12 @@ def _unnormalize(values: np.ndarray, image_processor) -> np.ndarray:
     return (values * std + mean) * 255.0
 
 
+def _cell_means(pixels: np.ndarray, vlm, rows: int, cols: int, cell: int) -> np.ndarray:
+    """``[rows, cols, 3]`` mean decoded (x, y, 0) of each ``cell``-pixel block of a ``[3, H, W]`` processed image."""
+    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, cell, cols, cell)
+    return values.mean(axis=(2, 4)).transpose(1, 2, 0)
+
+
 def _check_cells(geometry: GridGeometry, cell_means: np.ndarray, width: int, height: int) -> int:
     """cell_means[r, c] = (x, y) decoded from the cell's processed pixels; compare with the cell box centre."""
     checked = 0
@@ -46,10 +52,8 @@ def test_llava_cells_map_to_their_source_region(size, pad):
     image = _coordinate_image(width, height)
     batch = vlm.adapter.prepare([image], ["the dog"])
     geometry = batch.geometries[0]
-    pixels = batch.inputs["pixel_values"][0].numpy()  # [3, S, S]
-    rows, cols, p = geometry.rows, geometry.cols, 8
-    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, p, cols, p)
-    cell_means = values.mean(axis=(2, 4)).transpose(1, 2, 0)
+    rows, cols = geometry.rows, geometry.cols
+    cell_means = _cell_means(batch.inputs["pixel_values"][0].numpy(), vlm, rows, cols, 8)
     assert _check_cells(geometry, cell_means, width, height) > rows * cols // 4
     if pad:
         assert geometry.x_scale == pytest.approx(geometry.y_scale)
@@ -68,10 +72,8 @@ def test_deepseek_vl_cells_map_to_their_source_region(size):
     batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
     geometry = batch.geometries[0]
     assert len(batch.image_positions[0]) == geometry.rows * geometry.cols == 144  # tokens in input_ids == cells
-    pixels = batch.inputs["pixel_values"][0].numpy()  # [3, S, S]
-    rows, cols, p = geometry.rows, geometry.cols, 8
-    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, p, cols, p)
-    cell_means = values.mean(axis=(2, 4)).transpose(1, 2, 0)
+    rows, cols = geometry.rows, geometry.cols
+    cell_means = _cell_means(batch.inputs["pixel_values"][0].numpy(), vlm, rows, cols, 8)
     assert _check_cells(geometry, cell_means, width, height) > rows * cols // 4
     assert geometry.x_scale == pytest.approx(geometry.y_scale, rel=0.02)  # aspect kept (up to the rounding)
 
@@ -88,9 +90,7 @@ def test_mistral3_cells_map_to_their_source_region(size):
     rows, cols, p = geometry.rows, geometry.cols, 16
     breaks = int((batch.inputs["input_ids"][0] == vlm.processor.image_break_token_id).sum())
     assert len(batch.image_positions[0]) == rows * cols and breaks == rows - 1  # the last break is [IMG_END]
-    pixels = batch.inputs["pixel_values"][0].numpy()[:, : rows * p, : cols * p]
-    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, p, cols, p)
-    cell_means = values.mean(axis=(2, 4)).transpose(1, 2, 0)
+    cell_means = _cell_means(batch.inputs["pixel_values"][0].numpy()[:, : rows * p, : cols * p], vlm, rows, cols, p)
     assert _check_cells(geometry, cell_means, width, height) >= max(rows * cols // 4, 1)
 
 
@@ -107,10 +107,9 @@ def test_paligemma_cells_map_to_their_source_region(size):
     last = int(batch.last_positions[0])
     tokens = vlm.processor.tokenizer.convert_ids_to_tokens(batch.inputs["input_ids"][0, last - 1 : last + 1].tolist())
     assert tokens == ["dog", "\n"] and vlm.adapter.query_offset == 1
-    pixels = batch.inputs["pixel_values"][0].numpy()
-    rows, cols, p = geometry.rows, geometry.cols, 8
-    values = _unnormalize(pixels.reshape(3, -1), vlm.processor.image_processor).reshape(3, rows, p, cols, p)
-    assert _check_cells(geometry, values.mean(axis=(2, 4)).transpose(1, 2, 0), width, height) > rows * cols // 4
+    rows, cols = geometry.rows, geometry.cols
+    cell_means = _cell_means(batch.inputs["pixel_values"][0].numpy(), vlm, rows, cols, 8)
+    assert _check_cells(geometry, cell_means, width, height) > rows * cols // 4
 
 
 @pytest.mark.parametrize("family", ["tiny_qwen_vlm", "tiny_qwen3_vlm", "tiny_glm4v_vlm"])

@@ -79,18 +79,26 @@ HELP = {
 }
 
 
-def parser(description: str | None = None) -> argparse.ArgumentParser:
-    """The command line of :class:`ShapesTrainConfig` (one ``--flag`` per field)."""
+def _int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+# Flag types that the defaults do not tell (None defaults, floats written as ints, tuples).
+TYPES = {"init": str, "head_dim": int, "klal_layers": _int_tuple}
+
+
+def parser(description: str | None = None, config: type = None) -> argparse.ArgumentParser:
+    """The command line of ``config`` (:class:`ShapesTrainConfig` or a subclass; one ``--flag`` per field)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="run directory (checkpoint, log.jsonl, model)")
-    for field in dataclasses.fields(ShapesTrainConfig):
+    for field in dataclasses.fields(config or ShapesTrainConfig):
         if field.name == "out":
             continue
         flag, default = "--" + field.name.replace("_", "-"), field.default
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=HELP.get(field.name))
         else:
-            kind = {"lr": float, "vision_lr": float, "init": str}.get(field.name, int)
+            kind = TYPES.get(field.name, type(default))
             parser.add_argument(flag, type=kind, default=default, help=HELP.get(field.name))
     return parser
 

@@ -15,7 +15,6 @@ supervised layer is averaged, and discovery later finds the heads blind. Answers
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -30,36 +29,26 @@ from localize.data import shapes
 
 from .batches import answer_positions, difficulty_at, pack_expressions
 from .config import ShapesTrainConfig
+from .config import parser as config_parser
 from .model import build_model
 from .train_base import rate_multiplier
 
 
 @dataclass
-class KlalTrainConfig:
-    """A KLAL recipe's settings (architecture as ``train_base``'s ``ShapesTrainConfig``; ``init``: continue from that model)."""
+class KlalTrainConfig(ShapesTrainConfig):
+    """A KLAL recipe: the answer trainer's settings and model shape (``init``: continue from that model), plus the
+    attention supervision."""
 
-    out: str
-    seed: int = 0
     steps: int = 800
-    batch_size: int = 48
     pack: int = 4
     lr: float = 5e-4
     vision_lr: float = 1.5e-4
-    init: str | None = None
+    threads: int = 1
     klal_layers: tuple[int, ...] = (2, 3)
     klal_weight: float = 1.0
     rest_mass: float = 0.05
     per_head: bool = False  # KL of each head's row (averaged over heads) instead of the head average's (KLAL eq. 3)
     varied: float = 0.0  # share of training scenes drawn from the varied world (shapes.render_scene(varied=True))
-    image_size: int = shapes.DEFAULT_IMAGE_SIZE
-    patch_size: int = 8
-    vision_hidden: int = 128
-    vision_layers: int = 1
-    hidden: int = 128
-    layers: int = 4
-    heads: int = 4
-    threads: int = 1
-    save_every: int = 100
 
     def model_config(self) -> ShapesTrainConfig:
         """The answer trainer's config of the same model (for its builder)."""
@@ -230,19 +219,7 @@ def train(cfg: KlalTrainConfig) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse a :class:`KlalTrainConfig` from the command line and train."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(KlalTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "klal_layers":
-            parser.add_argument(flag, type=lambda s: tuple(int(v) for v in s.split(",")), default=f.default)
-        elif isinstance(f.default, bool):
-            parser.add_argument(flag, action="store_true")
-        elif f.name == "init":
-            parser.add_argument(flag, default=None)
-        else:
-            required = f.default is dataclasses.MISSING
-            kind = str if required else type(f.default)
-            parser.add_argument(flag, type=kind, required=required, default=None if required else f.default)
+    parser = config_parser(__doc__, KlalTrainConfig)
     cfg = KlalTrainConfig(**vars(parser.parse_args(argv)))
     print(f"saved {train(cfg)}", flush=True)
     return 0

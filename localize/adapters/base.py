@@ -87,6 +87,12 @@ class Adapter(ABC):
         return int(getattr(self.text_config, "num_key_value_heads", None) or self.num_heads)
 
     @property
+    def vision_grid_side(self) -> int:
+        """Tokens per side of a fixed square grid: the vision config's ``image_size / patch_size``."""
+        vision = self.model.config.vision_config
+        return int(vision.image_size) // int(vision.patch_size)
+
+    @property
     def tokenizer(self) -> Any:
         """The processor's tokenizer."""
         return self.processor.tokenizer

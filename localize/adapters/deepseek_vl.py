@@ -27,8 +27,7 @@ class DeepseekVLAdapter(Adapter):
 
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The processor's resize (longest side -> canvas, the other rounded) and centred pad, undone per axis."""
-        vision = self.model.config.vision_config
-        side = int(vision.image_size) // int(vision.patch_size)
+        side = self.vision_grid_side
         canvas = int(self.processor.image_processor.size["height"])
         width, height = image_size
         scale = canvas / max(width, height)

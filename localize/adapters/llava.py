@@ -30,9 +30,7 @@ class LlavaAdapter(Adapter):
     @property
     def grid_size(self) -> tuple[int, int]:
         """(rows, cols) of the patch grid."""
-        vision = self.model.config.vision_config
-        side = int(vision.image_size) // int(vision.patch_size)
-        return side, side
+        return self.vision_grid_side, self.vision_grid_side
 
     def image_token_positions(self, inputs: dict[str, torch.Tensor], index: int) -> torch.Tensor:
         """Image-token indices; with the ``full`` feature strategy the CLS token comes first and is dropped."""

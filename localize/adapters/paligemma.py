@@ -32,8 +32,7 @@ class PaliGemmaAdapter(Adapter):
 
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The whole image is resized (squashed) onto the square grid."""
-        vision = self.model.config.vision_config
-        side = int(vision.image_size) // int(vision.patch_size)
+        side = self.vision_grid_side
         width, height = image_size
         return GridGeometry(
             rows=side, cols=side, image_size=(width, height), x_scale=width / side, y_scale=height / side
