@@ -52,10 +52,15 @@ def run(args: argparse.Namespace) -> int:
         run_compare(args.compare[0], args.compare[1], args.out)
         return 0
     summary = run_bench(BenchConfig.from_args(args))
-    if summary:
-        print(format_summary_md(summary), end="")
-        total = summary["total"]
-        print(f"{total['n']} expressions scored, {total['skipped']} skipped; wrote {Path(args.out) / 'summary.md'}")
+    if not summary:
+        return 0  # a non-main process
+    print(format_summary_md(summary), end="")
+    total = summary["total"]
+    print(f"{total['n']} expressions scored, {total['skipped']} skipped; wrote {Path(args.out) / 'summary.md'}")
+    if total["n"] == 0:  # no silent empty result: the tables hold no number
+        print(f"localize: error: no expression was scored ({total['skipped']} skipped); see the skipped reasons above",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

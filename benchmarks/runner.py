@@ -288,6 +288,8 @@ def run_bench(config: BenchConfig) -> dict:
     tasks = config.tasks
     if config.k is not None and config.k < 1:
         raise InputError(f"--k must be >= 1, got {config.k}")
+    if config.limit is not None and config.limit < 0:
+        raise InputError(f"--limit must be >= 0, got {config.limit}")
     out = Path(config.out)
     pairs = parse_splits(_names(config), config.splits)
     extra = {"split_by": config.split_by} if config.split_by else {}

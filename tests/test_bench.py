@@ -374,3 +374,20 @@ def test_compare_shows_the_answer_delta_when_present(answer_runs, tmp_path, caps
     printed = capsys.readouterr().out
     assert "Answer" not in printed and "REC: Acc@0.5" in printed
     assert json.loads((out / "compare.json").read_text())["splits"][0]["answer_acc"]["delta"] is None
+
+
+def test_a_bench_that_scores_nothing_fails_and_a_negative_limit_is_refused(workspace, tmp_path, capsys):
+    """All images missing: the run reports every skip and exits 1, not 0 with empty tables; ``--limit -5`` is refused."""
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    out = tmp_path / "out"
+    assert (
+        _bench(workspace, out, "--heads", HEADS, "--splits", "val", "--gallery", "0", data="refcoco", images=str(empty))
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "no expression was scored (6 skipped)" in err and "Traceback" not in err
+    assert (
+        _bench(workspace, tmp_path / "neg", "--heads", HEADS, "--splits", "val", "--limit", "-5", data="refcoco") == 2
+    )
+    assert "--limit must be >= 0" in capsys.readouterr().err
