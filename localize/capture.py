@@ -191,9 +191,9 @@ def _shared_prefix_length(batch: PreparedBatch, queries: torch.Tensor) -> int:
     return length if length > last_image else 0
 
 
-def _expand_cache(cache: DynamicCache, batch_size: int, config: Any) -> DynamicCache:
+def _expand_cache(cache: DynamicCache, batch_size: int) -> DynamicCache:
     """A fresh cache holding ``cache``'s keys/values repeated for ``batch_size`` sequences."""
-    expanded = DynamicCache(config=config)
+    expanded = DynamicCache()  # config-less: sliding-window layers keep every key, so the suffix sees them (F3)
     for layer_idx, layer in enumerate(cache.layers):
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             break
@@ -286,13 +286,12 @@ class Capturer:
             pass
 
     def _run_with_prefix(self, batch: PreparedBatch, recorder: Recorder, length: int) -> None:
-        config = self.adapter.text_config
-        cache = DynamicCache(config=config)
+        cache = DynamicCache()  # config-less (F3): see _expand_cache
         prefix_only = Recorder(
             heads_by_layer={}, query_positions=recorder.query_positions, stop_after=recorder.stop_after
         )
         self._run(self.adapter.prefix_inputs(batch, length), prefix_only, use_cache=True, cache=cache)
-        suffix_cache = _expand_cache(cache, batch.batch_size, config)
+        suffix_cache = _expand_cache(cache, batch.batch_size)
         self._run(self.adapter.suffix_inputs(batch, length), recorder, use_cache=True, cache=suffix_cache)
 
     def _collect(

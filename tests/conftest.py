@@ -79,6 +79,15 @@ def tiny_paligemma_vlm():
     return VLM(*tiny_paligemma())
 
 
+@pytest.fixture(scope="session")
+def tiny_gemma3_vlm():
+    """A tiny Gemma 3 (sliding window 8 below a global layer, bidirectional image block) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_gemma3
+
+    return VLM(*tiny_gemma3())
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
     "qwen2_5_vl": "tiny_qwen_vlm",
@@ -87,6 +96,7 @@ FAMILY_FIXTURES = {
     "deepseek_vl": "tiny_deepseek_vlm",
     "mistral3": "tiny_mistral3_vlm",
     "paligemma": "tiny_paligemma_vlm",
+    "gemma3": "tiny_gemma3_vlm",
 }
 
 

@@ -112,6 +112,23 @@ def test_paligemma_cells_map_to_their_source_region(size):
     assert _check_cells(geometry, cell_means, width, height) > rows * cols // 4
 
 
+@pytest.mark.parametrize("size", [(200, 120), (90, 181)])
+def test_gemma3_pooled_cells_map_to_their_source_region(size):
+    """Gemma 3: squash to the square input, 2 x 2 patches average-pooled per soft token; the grid is the soft tokens
+    (``config.image_token_id``), not the begin-of-image marker the processor calls its image token."""
+    from localize.testing import tiny_gemma3
+
+    vlm = VLM(*tiny_gemma3(image_size=96, patch_size=8, tokens_per_side=6))
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    geometry = batch.geometries[0]
+    assert len(batch.image_positions[0]) == geometry.rows * geometry.cols == 36
+    assert vlm.processor.image_token_id != vlm.adapter.image_token_id
+    rows, cols = geometry.rows, geometry.cols
+    cell_means = _cell_means(batch.inputs["pixel_values"][0].numpy(), vlm, rows, cols, 16)
+    assert _check_cells(geometry, cell_means, width, height) >= 5
+
+
 @pytest.mark.parametrize("family", ["tiny_qwen_vlm", "tiny_qwen3_vlm", "tiny_glm4v_vlm"])
 @pytest.mark.parametrize("size", [(200, 120), (110, 230)])
 def test_qwen_cells_map_to_their_source_region(request, family, size):

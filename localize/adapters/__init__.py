@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import UnsupportedModelError
 from .base import Adapter, PreparedBatch
 from .deepseek_vl import DeepseekVLAdapter
+from .gemma3 import Gemma3Adapter
 from .glm4v import Glm4vAdapter
 from .llava import LlavaAdapter
 from .mistral3 import Mistral3Adapter
@@ -18,6 +19,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     DeepseekVLAdapter,
     Mistral3Adapter,
     PaliGemmaAdapter,
+    Gemma3Adapter,
 )
 
 
@@ -40,6 +42,7 @@ __all__ = [
     "ADAPTERS",
     "Adapter",
     "DeepseekVLAdapter",
+    "Gemma3Adapter",
     "Glm4vAdapter",
     "LlavaAdapter",
     "Mistral3Adapter",

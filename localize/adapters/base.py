@@ -116,7 +116,7 @@ class Adapter(ABC):
         if len(images) != len(phrases):
             raise InputError(f"{len(images)} images for {len(phrases)} phrases")
         prompts = [self.format_prompt(p) for p in phrases]
-        inputs = self.processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
+        inputs = self.processor(images=self.processor_images(images), text=prompts, return_tensors="pt", padding=True)
         # labels (PaliGemma's processor returns them) would make the forward compute a loss over every position
         inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and k != "labels"}
         mask = inputs["attention_mask"]
@@ -131,6 +131,10 @@ class Adapter(ABC):
                     "the processor and model config disagree"
                 )
         return PreparedBatch(inputs, prompts, image_positions, geometries, last)
+
+    def processor_images(self, images: Sequence[Image.Image]) -> list:
+        """The images as the processor takes them for one image per prompt (a flat list; some want one list each)."""
+        return list(images)
 
     def image_token_positions(self, inputs: dict[str, torch.Tensor], index: int) -> torch.Tensor:
         """Sequence indices of sample ``index``'s image tokens, in grid row-major order."""
