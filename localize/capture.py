@@ -52,8 +52,12 @@ class Recorder:
         slot = {(layer, h): i for layer, ids in self.heads_by_layer.items() for i, h in enumerate(ids.tolist())}
         return torch.stack([self.rows[layer][sample, slot[(layer, h)]] for layer, h in heads])
 
-    def record(self, layer: int, module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: Any) -> None:
-        """Store ``softmax(q·Kᵀ·scale + mask)`` of this layer's requested heads at the query positions.
+    def record(
+        self, layer: int, module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: Any,
+        softcap: float | None = None,
+    ) -> None:  # fmt: skip
+        """Store ``softmax(cap(q·Kᵀ·scale) + mask)`` of this layer's requested heads at the query positions
+        (``cap(x) = tanh(x / c) · c`` with a logit ``softcap`` c, as Gemma 2 applies it; else the identity).
 
         ``query_positions`` ``[B]`` gives ``rows[layer]`` ``[B, h, K]``; ``[B, Q]`` (several queries per sample,
         as fine-tuning uses) gives ``[B, h, Q, K]``.
@@ -73,6 +77,8 @@ class Recorder:
         k = key[:, heads // groups].float()  # [B, h, K, D]
         scale = scaling if scaling is not None else head_dim**-0.5
         logits = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
         if mask is None:  # no padding: plain causal
             allowed = torch.arange(kv_len, device=query.device)[None, None, :] <= positions[:, :, None]
             logits = logits.masked_fill(~allowed[:, None], float("-inf"))
@@ -102,12 +108,38 @@ def _capture_attention(
 ) -> tuple[torch.Tensor, None]:
     """SDPA attention that also records the requested query rows (see module docstring)."""
     layer = getattr(module, "layer_idx", None)
+    softcap = kwargs.get("softcap")
     if localize_recorder is not None and layer is not None:
         if layer in localize_recorder.heads_by_layer:
-            localize_recorder.record(layer, module, query, key, attention_mask, scaling)
+            localize_recorder.record(layer, module, query, key, attention_mask, scaling, softcap)
         if localize_recorder.stop_after is not None and layer >= localize_recorder.stop_after:
             raise _EarlyExit
+    if softcap is not None:  # SDPA cannot cap logits (F2): the family's own eager attention does
+        return _eager_forward(module)(
+            module,
+            query,
+            key,
+            value,
+            _additive(attention_mask, query.dtype),
+            dropout=dropout,
+            scaling=scaling,
+            **kwargs,
+        )
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+def _eager_forward(module: torch.nn.Module) -> Any:
+    """The ``eager_attention_forward`` of ``module``'s modeling file (Gemma 2's applies the logit softcap)."""
+    import sys
+
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """SDPA's boolean mask (True = attend) as the additive float mask eager attention adds to its logits."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 def register_capture_attention() -> str:

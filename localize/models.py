@@ -32,6 +32,7 @@ ALIASES: dict[str, str] = {
     "deepseek-vl-7b": "deepseek-community/deepseek-vl-7b-chat",
     "mistral-small-3.1-24b": "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
     "paligemma-3b-224": "google/paligemma-3b-mix-224",
+    "paligemma2-3b-224": "google/paligemma2-3b-mix-224",
     "gemma-3-4b": "google/gemma-3-4b-it",
     "gemma-3-12b": "google/gemma-3-12b-it",
     "gemma-3-27b": "google/gemma-3-27b-it",

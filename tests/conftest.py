@@ -88,6 +88,15 @@ def tiny_gemma3_vlm():
     return VLM(*tiny_gemma3())
 
 
+@pytest.fixture(scope="session")
+def tiny_paligemma2_vlm():
+    """A tiny PaliGemma 2 (Gemma 2: logit softcap 50, sliding-window layers) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_paligemma
+
+    return VLM(*tiny_paligemma(version=2))
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
     "qwen2_5_vl": "tiny_qwen_vlm",
@@ -96,6 +105,7 @@ FAMILY_FIXTURES = {
     "deepseek_vl": "tiny_deepseek_vlm",
     "mistral3": "tiny_mistral3_vlm",
     "paligemma": "tiny_paligemma_vlm",
+    "paligemma2": "tiny_paligemma2_vlm",
     "gemma3": "tiny_gemma3_vlm",
 }
 

@@ -115,3 +115,21 @@ def test_bad_requests(tiny_llava_vlm, noise_image):
         tiny_llava_vlm.capture(noise_image, ["dog " * 5000])
     with pytest.raises(InputError, match="query positions"):
         tiny_llava_vlm.capture(noise_image, ["the dog"], query_positions=[10_000])
+
+
+def test_logit_softcap_is_applied_to_the_captured_rows(noise_image):
+    """PaliGemma 2 (Gemma 2): SDPA cannot cap logits, so the capture runs the family's eager attention and caps the
+    recorded logits as it does (F2); a cap of 0.02 changes the rows of random weights, so a missing cap would show."""
+    from localize.models import VLM
+    from localize.testing import tiny_paligemma
+
+    vlm = VLM(*tiny_paligemma(version=2, softcap=0.02))
+    reference, _ = _reference(vlm, [noise_image] * 2, PHRASES)
+    results = vlm.capture(noise_image, PHRASES)
+    for result, ref in zip(results, reference):
+        assert (result.dense(vlm.num_layers, vlm.num_heads) - ref).abs().max().item() <= TOL
+    vlm.model.config.text_config.attn_logit_softcapping = None
+    for layer in vlm.model.model.language_model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    uncapped, _ = _reference(vlm, [noise_image] * 2, PHRASES)
+    assert max((u - r).abs().max().item() for u, r in zip(uncapped, reference)) > 1e-3
