@@ -13,6 +13,7 @@ a per-call :class:`Recorder` passed down the forward as a keyword argument. No p
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,8 +131,6 @@ def _capture_attention(
 
 def _eager_forward(module: torch.nn.Module) -> Any:
     """The ``eager_attention_forward`` of ``module``'s modeling file (Gemma 2's applies the logit softcap)."""
-    import sys
-
     return sys.modules[type(module).__module__].eager_attention_forward
 
 

@@ -29,6 +29,12 @@ class GridGeometry:
     x_offset: float = 0.0
     y_offset: float = 0.0
 
+    @classmethod
+    def squashed(cls, rows: int, cols: int, image_size: tuple[int, int]) -> GridGeometry:
+        """The whole image resized onto the grid (no pad, no crop): one cell is ``image / grid`` pixels per axis."""
+        width, height = image_size
+        return cls(rows=rows, cols=cols, image_size=(width, height), x_scale=width / cols, y_scale=height / rows)
+
     @property
     def width(self) -> int:
         """Original image width in pixels."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -195,15 +194,3 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def merge_lines(files: Iterable[Path], into: Path) -> None:
-    """Append the whole lines of ``files`` to ``into`` (repairing its tail first) and remove them."""
-    files = [f for f in files if f != into]
-    with AppendLog(into) as log:
-        for f in files:
-            lines = [line for line in f.read_text(encoding="utf-8").split("\n") if line.strip()]
-            if lines:
-                log.write(*lines)
-    for f in files:
-        f.unlink()

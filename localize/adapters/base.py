@@ -141,9 +141,10 @@ class Adapter(ABC):
         return (inputs["input_ids"][index] == self.image_token_id).nonzero().flatten()
 
     @property
-    @abstractmethod
     def image_token_id(self) -> int:
-        """Token id of an image placeholder in the expanded sequence."""
+        """Token id of an image cell in the expanded sequence: ``config.image_token_id`` (families with another
+        name or marker override it)."""
+        return int(self.model.config.image_token_id)
 
     @abstractmethod
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:

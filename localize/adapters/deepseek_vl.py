@@ -20,11 +20,6 @@ class DeepseekVLAdapter(Adapter):
     vision_modules = ("vision_model", "aligner")
     description = "DeepSeek-VL (SigLIP + Llama); longest side to the canvas, centred pad to square"
 
-    @property
-    def image_token_id(self) -> int:
-        """Id of ``<image_placeholder>``."""
-        return int(self.model.config.image_token_id)
-
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The processor's resize (longest side -> canvas, the other rounded) and centred pad, undone per axis."""
         side = self.vision_grid_side

@@ -20,18 +20,10 @@ class Gemma3Adapter(Adapter):
     vision_modules = ("vision_tower", "multi_modal_projector")
     description = "Gemma 3 (SigLIP + Gemma 3); squash to a square, patches pooled to 16x16; bidirectional image block"
 
-    @property
-    def image_token_id(self) -> int:
-        """Id of ``<image_soft_token>`` (from the model config)."""
-        return int(self.model.config.image_token_id)
-
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The whole image is squashed onto the pooled square grid."""
         side = round(int(self.model.config.mm_tokens_per_image) ** 0.5)
-        width, height = image_size
-        return GridGeometry(
-            rows=side, cols=side, image_size=(width, height), x_scale=width / side, y_scale=height / side
-        )
+        return GridGeometry.squashed(side, side, image_size)
 
     def processor_images(self, images) -> list:
         """One list of images per prompt, as ``Gemma3Processor`` requires (F7)."""

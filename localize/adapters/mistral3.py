@@ -19,18 +19,12 @@ class Mistral3Adapter(Adapter):
     vision_modules = ("vision_tower", "multi_modal_projector")
     description = "Mistral 3 (Pixtral + Mistral); aspect-kept resize to 28-px multiples; [IMG_BREAK] rows dropped"
 
-    @property
-    def image_token_id(self) -> int:
-        """Id of ``[IMG]`` (the break and end tokens are not cells)."""
-        return int(self.model.config.image_token_id)
-
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The whole image is resized onto the grid: one cell = ``image / grid`` pixels per axis."""
         step = int(self.processor.patch_size) * int(self.model.config.spatial_merge_size)
         height, width = (int(v) for v in inputs["image_sizes"][index])
         rows, cols = height // step, width // step
-        w, h = image_size
-        return GridGeometry(rows=rows, cols=cols, image_size=(w, h), x_scale=w / cols, y_scale=h / rows)
+        return GridGeometry.squashed(rows, cols, image_size)
 
     def image_inputs(self, inputs: dict[str, torch.Tensor], sample: int) -> dict[str, torch.Tensor]:
         """Pixel values (padded to the batch's largest image) and the sample's ``image_sizes``."""

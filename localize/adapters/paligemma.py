@@ -25,15 +25,7 @@ class PaliGemmaAdapter(Adapter):
     query_offset = 1
     answer_token_type = 1  # the answer is the causal suffix after the bidirectional prefix
 
-    @property
-    def image_token_id(self) -> int:
-        """Id of ``<image>``."""
-        return int(self.model.config.image_token_id)
-
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The whole image is resized (squashed) onto the square grid."""
         side = self.vision_grid_side
-        width, height = image_size
-        return GridGeometry(
-            rows=side, cols=side, image_size=(width, height), x_scale=width / side, y_scale=height / side
-        )
+        return GridGeometry.squashed(side, side, image_size)

@@ -18,11 +18,6 @@ class Qwen2VLAdapter(Adapter):
     description = "Qwen2-VL / Qwen2.5-VL / Qwen3-VL; dynamic grid from image_grid_thw / merge size; M-RoPE"
 
     @property
-    def image_token_id(self) -> int:
-        """Id of ``<|image_pad|>``."""
-        return int(self.model.config.image_token_id)
-
-    @property
     def merge_size(self) -> int:
         """Patches merged per token along each side."""
         return int(self.model.config.vision_config.spatial_merge_size)
@@ -31,10 +26,7 @@ class Qwen2VLAdapter(Adapter):
         """The processor resizes the whole image (no pad, no crop) to the grid's pixel size."""
         _, grid_h, grid_w = (int(v) for v in inputs["image_grid_thw"][index])
         rows, cols = grid_h // self.merge_size, grid_w // self.merge_size
-        width, height = image_size
-        return GridGeometry(
-            rows=rows, cols=cols, image_size=(width, height), x_scale=width / cols, y_scale=height / rows
-        )
+        return GridGeometry.squashed(rows, cols, image_size)
 
     def position_ids(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """M-RoPE position ids ``[3, B, L]`` over the full sequences (never the model's stored rope_deltas)."""
