@@ -1,0 +1,54 @@
+"""Random-weight DeepSeek-VL models (the paper's Table 1 family) and their processors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, word_tokenizer
+
+
+def tiny_deepseek_vl(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    image_size: int = 48,
+    patch_size: int = 8,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    seed: int = 0,
+):
+    """A random-weight ``DeepseekVLForConditionalGeneration`` (SigLIP tower + Llama LM, the paper's DeepSeek-VL) and
+    its ``DeepseekVLProcessor`` (longest side to ``image_size``, centred pad to square)."""
+    from transformers import (
+        DeepseekVLConfig,
+        DeepseekVLForConditionalGeneration,
+        DeepseekVLImageProcessor,
+        DeepseekVLProcessor,
+    )
+
+    tokenizer = word_tokenizer(
+        words, (*LLAVA_SPECIALS, "<image_placeholder>"), bos="<s>", eos_token="</s>",
+        extra_special_tokens={"image_token": "<image_placeholder>"},
+    )  # fmt: skip
+    config = DeepseekVLConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=image_size, patch_size=patch_size,
+        ),
+        text_config=dict(
+            model_type="llama", vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+            num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+            max_position_embeddings=4096, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = DeepseekVLForConditionalGeneration(config).eval()
+    image_processor = DeepseekVLImageProcessor(size={"height": image_size, "width": image_size})
+    tokens = (image_size // patch_size) ** 2
+    processor = DeepseekVLProcessor(image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=tokens)
+    return model, processor
