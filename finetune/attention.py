@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from localize.adapters import Adapter
+from localize.adapters import Adapter, ImageView
 from localize.capture import Head, Recorder, group_heads_by_layer
 from localize.geometry import GridGeometry
 
@@ -44,8 +44,7 @@ class TrainingBatch:
 
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
-    image_positions: list[torch.Tensor]
-    geometries: list[GridGeometry]
+    views: list[tuple[ImageView, ...]]  # per sample, the grounding view first (as PreparedBatch.views)
     query_positions: torch.Tensor  # [B, Q]
     query_mask: torch.Tensor  # [B, Q] bool
     prompts: list[str]
@@ -55,6 +54,11 @@ class TrainingBatch:
     def batch_size(self) -> int:
         """Number of samples."""
         return len(self.prompts)
+
+    @property
+    def geometries(self) -> list[GridGeometry]:
+        """Per sample, the grounding view's geometry (the supervised maps' grid)."""
+        return [views[0].geometry for views in self.views]
 
     def to(self, device: torch.device | str) -> TrainingBatch:
         """The batch with its tensors on ``device``."""
@@ -111,8 +115,10 @@ def build_training_batch(
     rows: list[dict[str, torch.Tensor]] = []
     spans: list[tuple[int, int]] = []
     label_rows: list[torch.Tensor] = []
+    first_real = []  # a left-padded row's tokens move back by its padding when re-laid
     for b, (prompt, answer) in enumerate(zip(prepared.prompts, answers)):
         real = prepared.inputs["attention_mask"][b].bool()
+        first_real.append(int(real.nonzero()[0]))
         prompt_len = int(real.sum())
         answer_ids = torch.tensor(_answer_ids(tokenizer, prompt, answer, add_eos), dtype=torch.long)
         row = {}
@@ -147,12 +153,10 @@ def build_training_batch(
         query_positions[b, :n] = torch.arange(first, last + 1)
         query_positions[b, n:] = last  # padding slots repeat a real query; masked out
         query_mask[b, :n] = True
-    image_positions = [adapter.image_token_positions(inputs, b) for b in range(len(rows))]
     return TrainingBatch(
         inputs=inputs,
         labels=labels,
-        image_positions=image_positions,
-        geometries=prepared.geometries,
+        views=[tuple(v.shifted(-first) for v in prepared.views[b]) for b, first in enumerate(first_real)],
         query_positions=query_positions,
         query_mask=query_mask,
         prompts=prepared.prompts,
@@ -190,10 +194,10 @@ def collect_maps(recorder: TrainingRecorder, batch: TrainingBatch, heads: Sequen
     """Per sample ``[k, rows, cols]``: each head's query rows over the image tokens, averaged over real queries."""
     out = []
     for b in range(batch.batch_size):
-        geometry = batch.geometries[b]
+        view = batch.views[b][0]
         rows = recorder.head_rows(b, heads)  # [k, Q, K]
-        rows = rows[:, :, batch.image_positions[b].to(rows.device)]  # [k, Q, n_img]
+        rows = rows[:, :, view.positions.to(rows.device)]  # [k, Q, n_img]
         weight = recorder.query_mask[b].to(rows.dtype)[None, :, None]
         maps = (rows * weight).sum(1) / weight.sum()
-        out.append(maps.reshape(len(heads), geometry.rows, geometry.cols))
+        out.append(maps.reshape(len(heads), view.geometry.rows, view.geometry.cols))
     return out

@@ -40,7 +40,6 @@ from localize.runs import Progress, SingleProcess, process_state
 from .scoring import (
     TAU_METHODS,
     TIE_RULES,
-    attention_sum,
     check_weighting,
     finite_mean,
     max_curvature_threshold,
@@ -184,7 +183,8 @@ def _score_batch(
         if mask is not None:
             iou = pseudo_mask_iou(arr, maps.geometry.mask_to_grid(mask) >= 0.5)
         entropy = spatial_entropy(arr, connectivity=connectivity, weighting=weighting)
-        lines.append(record_line(sample.sample_id, maps.grid, attention_sum(arr), entropy, iou))
+        image_mass = maps.image_mass.detach().float().cpu().numpy()  # S_img over every view's image tokens
+        lines.append(record_line(sample.sample_id, maps.grid, image_mass, entropy, iou))
     return lines
 
 

@@ -151,10 +151,11 @@ def register_capture_attention() -> str:
 
 @dataclass
 class AttentionMaps:
-    """One sample's captured maps: ``maps[i]`` is head ``heads[i]``'s attention over the image grid.
+    """One sample's captured maps: ``maps[i]`` is head ``heads[i]``'s attention over the grounding view's grid.
 
-    ``maps`` is float32 ``[len(heads), rows, cols]``; the values are the query row of the softmax restricted to
-    the image tokens, so ``maps.sum((-1, -2))`` is each head's attention mass on the image (S_img).
+    ``maps`` is float32 ``[len(heads), rows, cols]``: the query row of the softmax restricted to the grounding
+    view's tokens. ``image_mass`` ``[len(heads)]`` is each head's attention on every image token of the sample,
+    over all its views (S_img; with one view, ``maps.sum((-1, -2))``).
     """
 
     maps: torch.Tensor
@@ -163,6 +164,11 @@ class AttentionMaps:
     query_position: int
     prompt: str
     sample_index: int = 0
+    image_mass: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_mass is None:  # built from maps alone (one view)
+            self.image_mass = self.maps.sum((-1, -2))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -218,7 +224,7 @@ def _shared_prefix_length(batch: PreparedBatch, queries: torch.Tensor) -> int:
     same = (ids == ids[:1]).all(dim=0) & mask.bool().all(dim=0)
     length = int(same.long().cumprod(0).sum())
     length = min(length, int(queries.min()))
-    last_image = max(int(p.max()) for p in batch.image_positions)
+    last_image = max(int(batch.all_image_positions(b).max()) for b in range(batch.batch_size))
     return length if length > last_image else 0
 
 
@@ -266,9 +272,15 @@ class Capturer:
         shared_image = not isinstance(images, (list, tuple))
         pil_images = [load_image(images)] * len(phrases) if shared_image else [load_image(i) for i in images]
         adapter = self.adapter
-        heads = validate_heads(
-            heads or all_heads(adapter.num_layers, adapter.num_heads), adapter.num_layers, adapter.num_heads
-        )
+        capturable = adapter.capturable_layers
+        default = [h for h in all_heads(adapter.num_layers, adapter.num_heads) if h[0] in capturable]
+        heads = validate_heads(heads or default, adapter.num_layers, adapter.num_heads)
+        outside = sorted({layer for layer, _ in heads} - set(capturable))
+        if outside:
+            raise HeadsMismatchError(
+                f"layers {outside} of this {adapter.family} model do not attend to the image; "
+                f"capturable: {adapter.capturable_layers_doc}"
+            )
         batch = adapter.prepare(pil_images, phrases)
         self._check_length(batch)
         queries = self._query_positions(batch, query_positions)
@@ -331,28 +343,28 @@ class Capturer:
         results = []
         for b in range(batch.batch_size):
             geometry = batch.geometries[b]
-            positions = batch.image_positions[b].to(next(iter(recorder.rows.values())).device)
-            maps = recorder.head_rows(b, heads)[:, positions].reshape(len(heads), geometry.rows, geometry.cols)
+            rows = recorder.head_rows(b, heads)
+            positions = batch.image_positions[b].to(rows.device)
             results.append(
                 AttentionMaps(
-                    maps=maps,
+                    maps=rows[:, positions].reshape(len(heads), geometry.rows, geometry.cols),
                     heads=tuple(heads),
                     geometry=geometry,
                     query_position=int(queries[b]),
                     prompt=batch.prompts[b],
                     sample_index=b,
+                    image_mass=rows[:, batch.all_image_positions(b).to(rows.device)].sum(-1),
                 )
             )
         return results
 
 
-def eager_reference_maps(
+def eager_reference_rows(
     model: torch.nn.Module, adapter: Adapter, batch: PreparedBatch, queries: torch.Tensor | None = None
 ) -> list[torch.Tensor]:
-    """The anchor: per sample ``[layers, heads, rows, cols]`` from eager ``output_attentions=True`` (slow).
-
-    Switches the language model to eager attention for the call and restores the capture attention after.
-    """
+    """The anchor: per sample the query's full attention row ``[layers, heads, L]`` from eager
+    ``output_attentions=True`` (slow). Switches the language model to eager attention for the call and restores
+    the capture attention after."""
     queries = batch.last_positions - adapter.query_offset if queries is None else queries
     adapter.set_attention("eager")
     try:
@@ -362,9 +374,15 @@ def eager_reference_maps(
     finally:
         adapter.set_attention(register_capture_attention())
     attentions = torch.stack(out.attentions, dim=1)  # [B, layers, heads, L, L]
+    return [attentions[b, :, :, int(queries[b])].float() for b in range(batch.batch_size)]
+
+
+def eager_reference_maps(
+    model: torch.nn.Module, adapter: Adapter, batch: PreparedBatch, queries: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Per sample ``[layers, heads, rows, cols]`` over the grounding view, from :func:`eager_reference_rows`."""
     maps = []
-    for b in range(batch.batch_size):
+    for b, row in enumerate(eager_reference_rows(model, adapter, batch, queries)):
         g = batch.geometries[b]
-        row = attentions[b, :, :, int(queries[b])]  # [layers, heads, L]
-        maps.append(row[:, :, batch.image_positions[b]].reshape(row.shape[0], row.shape[1], g.rows, g.cols).float())
+        maps.append(row[:, :, batch.image_positions[b]].reshape(row.shape[0], row.shape[1], g.rows, g.cols))
     return maps

@@ -78,10 +78,14 @@ def run_models(args: argparse.Namespace) -> int:
         table.add_row(alias, target)
     console.print(table)
     table = Table(title="Adapters (chosen by config.model_type)")
-    for column in ("family", "model_types", "default prompt", "notes"):
+    for column in ("family", "model_types", "default prompt", "query", "prefix reuse", "views", "notes"):
         table.add_column(column)
     for family in families:
-        table.add_row(family["family"], ", ".join(family["model_types"]), repr(family["template"]), family["notes"])
+        query = "last phrase token" + (f" (-{family['query_offset'] + 1})" if family["query_offset"] else "")
+        table.add_row(
+            family["family"], ", ".join(family["model_types"]), repr(family["template"]), query,
+            "yes" if family["prefix_reuse"] else "no (prefix-LM)", ", ".join(family["views"]), family["notes"],
+        )  # fmt: skip
     console.print(table)
     console.print("Any hub id or local directory of a supported model_type works too: --model DIR")
     return 0

@@ -190,19 +190,20 @@ def load_model(
     template: str | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
-    llava_pad_to_square: bool = True,
+    official_preprocessing: bool = True,
 ) -> VLM:
     """Load a model by alias, hub id or local directory, or wrap a ``(model, processor)`` pair, into a :class:`VLM`.
 
-    dtype ``auto`` is bf16 on GPU and fp32 on CPU. For LLaVA loaded from disk or the hub the image processor pads
-    to square as the official LLaVA-1.5 does (``llava_pad_to_square=False`` keeps the processor's own setting).
+    dtype ``auto`` is bf16 on GPU and fp32 on CPU. The family's adapter loads it (its model class, and with
+    ``official_preprocessing`` the preprocessing its paper used where the hub processor differs: LLaVA-1.5 pads to
+    square as the official code does; ``False`` keeps the processor's own setting).
     """
     if isinstance(spec, VLM):
         return spec
     if isinstance(spec, tuple):
         model, processor = spec
         return VLM(model, processor, template=template)
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig
 
     source = resolve_spec(spec)
     target = _resolve_device(device)
@@ -217,27 +218,9 @@ def load_model(
             f"Download it where the hub is reachable (`hf download {source} --local-dir DIR`) and pass the "
             "directory: --model DIR / load_model('DIR')."
         ) from err
-    adapter_for(config.model_type)  # fail early, listing the supported model types
-    model = (
-        AutoModelForImageTextToText.from_pretrained(source, dtype=_resolve_dtype(dtype, target), **kwargs)
-        .to(target)
-        .eval()
+    adapter = adapter_for(config.model_type)  # fail early, listing the supported model types
+    model, processor = adapter.load_pretrained(
+        source, dtype=_resolve_dtype(dtype, target), official_preprocessing=official_preprocessing, **kwargs
     )
-    processor = AutoProcessor.from_pretrained(source, **kwargs)
-    if config.model_type == "llava" and llava_pad_to_square:
-        processor.image_processor = _pad_to_square(processor.image_processor)
     revision = revision or getattr(config, "_commit_hash", None)
-    return VLM(model, processor, spec=spec, template=template, revision=revision, source=source)
-
-
-def _pad_to_square(image_processor: Any) -> Any:
-    """A ``LlavaImageProcessor`` with the same settings plus ``do_pad=True`` (LLaVA-1.5's ``expand2square``)."""
-    from transformers import LlavaImageProcessor
-
-    if getattr(image_processor, "do_pad", None) is True:
-        return image_processor
-    settings = {
-        k: v for k, v in image_processor.to_dict().items() if not k.startswith("_") and k != "image_processor_type"
-    }
-    settings["do_pad"] = True
-    return LlavaImageProcessor(**settings)
+    return VLM(model.to(target).eval(), processor, spec=spec, template=template, revision=revision, source=source)

@@ -35,6 +35,15 @@ def tiny_qwen_vlm():
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2_vlm():
+    """A tiny Qwen2-VL (GQA, full-attention vision tower) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_qwen2_vl
+
+    return VLM(*tiny_qwen2_vl())
+
+
+@pytest.fixture(scope="session")
 def tiny_qwen3_vlm():
     """A tiny Qwen3-VL (GQA, deepstack, 16-px patches) wrapped in a VLM handle."""
     from localize.models import VLM
@@ -59,6 +68,15 @@ def tiny_deepseek_vlm():
     from localize.testing import tiny_deepseek_vl
 
     return VLM(*tiny_deepseek_vl())
+
+
+@pytest.fixture(scope="session")
+def tiny_deepseek_hybrid_vlm():
+    """A tiny DeepSeek-VL hybrid (SigLIP + SAM high-res branch on the same canvas + Llama) in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_deepseek_vl_hybrid
+
+    return VLM(*tiny_deepseek_vl_hybrid())
 
 
 @pytest.fixture(scope="session")
@@ -99,10 +117,12 @@ def tiny_paligemma2_vlm():
 
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
+    "qwen2_vl": "tiny_qwen2_vlm",
     "qwen2_5_vl": "tiny_qwen_vlm",
     "qwen3_vl": "tiny_qwen3_vlm",
     "glm4v": "tiny_glm4v_vlm",
     "deepseek_vl": "tiny_deepseek_vlm",
+    "deepseek_vl_hybrid": "tiny_deepseek_hybrid_vlm",
     "mistral3": "tiny_mistral3_vlm",
     "paligemma": "tiny_paligemma_vlm",
     "paligemma2": "tiny_paligemma2_vlm",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from localize.capture import eager_reference_maps
+from localize.adapters import ImageView, LlavaAdapter
+from localize.capture import Capturer, eager_reference_maps, eager_reference_rows, register_capture_attention
 from localize.errors import HeadsMismatchError, InputError
 
 PHRASES = ["the red circle", "the big man on the left of the dog"]  # different lengths
@@ -21,6 +24,7 @@ def _reference(vlm, images, phrases, queries=None):
 @pytest.mark.parametrize("reuse_prefix", [False, True])
 def test_all_heads_equal_eager(tiny_vlm, noise_image, early_exit, reuse_prefix):
     reference, batch = _reference(tiny_vlm, [noise_image] * 2, PHRASES)
+    rows = eager_reference_rows(tiny_vlm.model, tiny_vlm.adapter, batch)
     assert batch.inputs["attention_mask"].sum(1).tolist()[0] < batch.inputs["attention_mask"].shape[1]  # padded
     tiny_vlm.capturer.forward_calls = 0
     results = tiny_vlm.capture(noise_image, PHRASES, early_exit=early_exit, reuse_prefix=reuse_prefix)
@@ -32,6 +36,9 @@ def test_all_heads_equal_eager(tiny_vlm, noise_image, early_exit, reuse_prefix):
         assert dense.shape == ref.shape
         assert (dense - ref).abs().max().item() <= TOL
         torch.testing.assert_close(result.maps.sum((-1, -2)), ref.flatten(0, 1).sum((-1, -2)), atol=TOL, rtol=0)
+    for b, (result, row) in enumerate(zip(results, rows)):  # S_img: the mass on every image token of the sample
+        expected = row[:, :, batch.all_image_positions(b)].sum(-1).flatten()
+        assert (result.image_mass - expected).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("early_exit", [False, True])
@@ -80,17 +87,73 @@ def test_head_width_apart_from_hidden_over_heads(noise_image):
         assert (result.dense(vlm.num_layers, vlm.num_heads) - ref).abs().max().item() <= TOL
 
 
-def test_left_padding_falls_back_and_stays_exact(tiny_llava_vlm, noise_image):
+def test_a_left_padding_tokenizer_is_padded_right(tiny_llava_vlm, noise_image):
+    """F4: a tokenizer that pads left (InternVL's default) still gets right-padded inputs, so positions and the
+    shared image prefix hold and the maps stay exact; the user's tokenizer setting is left as it was."""
     tokenizer = tiny_llava_vlm.processor.tokenizer
     tokenizer.padding_side = "left"
     try:
         reference, batch = _reference(tiny_llava_vlm, [noise_image] * 2, PHRASES)
-        assert batch.inputs["attention_mask"][0, 0] == 0
+        tiny_llava_vlm.capturer.forward_calls = 0
         results = tiny_llava_vlm.capture(noise_image, PHRASES)
+        assert tokenizer.padding_side == "left"
     finally:
         tokenizer.padding_side = "right"
+    assert batch.inputs["attention_mask"][:, 0].all() and not batch.inputs["attention_mask"][:, -1].all()
+    assert tiny_llava_vlm.capturer.forward_calls == 2  # the prefix was shared
     for result, ref in zip(results, reference):
         assert (result.dense(tiny_llava_vlm.num_layers, tiny_llava_vlm.num_heads) - ref).abs().max().item() <= TOL
+
+
+class _HalvesAdapter(LlavaAdapter):
+    """LLaVA's grid as two views (the top rows ground, the bottom rows are a second view): the seam tiled
+    families use, on a model whose eager rows are known."""
+
+    def views(self, inputs, index, image_size):
+        (whole,) = super().views(inputs, index, image_size)
+        grid, top_rows = whole.geometry, whole.geometry.rows // 2
+        top = dataclasses.replace(grid, rows=top_rows)
+        bottom = dataclasses.replace(grid, rows=grid.rows - top_rows, y_offset=grid.y_offset + grid.y_scale * top_rows)
+        cut = top_rows * grid.cols
+        return ImageView(whole.positions[:cut], top, "top"), ImageView(whole.positions[cut:], bottom, "bottom")
+
+
+class _CrossOnlyAdapter(LlavaAdapter):
+    """As a cross-attention family (mllama) declares: only some layers see the image."""
+
+    capturable_layers = (1, 3)
+    capturable_layers_doc = "layers 1 and 3"
+
+
+def test_layers_an_adapter_declares_blind_to_the_image_are_refused(tiny_llava_vlm, noise_image):
+    model, processor = tiny_llava_vlm.model, tiny_llava_vlm.processor
+    capturer = Capturer(model, _CrossOnlyAdapter(model, processor))
+    try:
+        with pytest.raises(HeadsMismatchError, match=r"layers \[0\].*layers 1 and 3"):
+            capturer.capture(noise_image, ["the dog"], [(0, 1), (1, 1)])
+        assert {layer for layer, _ in capturer.capture(noise_image, ["the dog"])[0].heads} == {1, 3}
+    finally:
+        tiny_llava_vlm.adapter.set_attention(register_capture_attention())
+
+
+def test_views_ground_on_the_first_and_count_every_image_token(tiny_llava_vlm, noise_image):
+    model, processor = tiny_llava_vlm.model, tiny_llava_vlm.processor
+    adapter = _HalvesAdapter(model, processor)
+    capturer = Capturer(model, adapter)
+    try:
+        batch = adapter.prepare([noise_image] * 2, PHRASES)
+        rows = eager_reference_rows(model, adapter, batch)
+        results = capturer.capture(noise_image, PHRASES)
+    finally:
+        tiny_llava_vlm.adapter.set_attention(register_capture_attention())
+    for b, (result, row) in enumerate(zip(results, rows)):
+        top = batch.views[b][0]
+        assert result.geometry == top.geometry and result.maps.shape[1:] == (top.geometry.rows, top.geometry.cols)
+        expected = row[:, :, top.positions].flatten(0, 1).reshape(result.maps.shape)
+        assert (result.maps - expected).abs().max().item() <= TOL
+        mass = row[:, :, batch.all_image_positions(b)].sum(-1).flatten()
+        assert (result.image_mass - mass).abs().max().item() <= TOL
+        assert bool((result.image_mass > result.maps.sum((-1, -2)) + 1e-4).all())  # the second view counts
 
 
 def test_differentiable_capture_reaches_parameters(tiny_llava_vlm, noise_image):

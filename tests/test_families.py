@@ -12,15 +12,34 @@ from localize.cli import main
 from localize.data.shapes import VOCABULARY, ShapesDataset
 from localize.headsfile import load_heads
 
+FAMILIES = {  # conftest.FAMILY_FIXTURES' families: builder and its options
+    "llava": ("tiny_llava", {}),
+    "qwen2_vl": ("tiny_qwen2_vl", {}),
+    "qwen2_5_vl": ("tiny_qwen2_5_vl", {}),
+    "qwen3_vl": ("tiny_qwen3_vl", {}),
+    "glm4v": ("tiny_glm4v", {}),
+    "deepseek_vl": ("tiny_deepseek_vl", {}),
+    "deepseek_vl_hybrid": ("tiny_deepseek_vl_hybrid", {}),
+    "mistral3": ("tiny_mistral3", {}),
+    "paligemma": ("tiny_paligemma", {}),
+    "paligemma2": ("tiny_paligemma", {"version": 2}),
+    "gemma3": ("tiny_gemma3", {}),
+}
+
+
+def test_every_conformance_family_runs_end_to_end():
+    from conftest import FAMILY_FIXTURES
+
+    assert set(FAMILIES) == set(FAMILY_FIXTURES)
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "builder", ["tiny_qwen3_vl", "tiny_glm4v", "tiny_deepseek_vl", "tiny_mistral3", "tiny_paligemma"]
-)
-def test_discover_ground_bench_finetune(builder, tmp_path, capsys):
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_discover_ground_bench_finetune(family, tmp_path, capsys):
     import localize.testing
 
-    model, processor = getattr(localize.testing, builder)(words=VOCABULARY)
+    builder, options = FAMILIES[family]
+    model, processor = getattr(localize.testing, builder)(words=VOCABULARY, **options)
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -78,6 +78,32 @@ def test_deepseek_vl_cells_map_to_their_source_region(size):
     assert geometry.x_scale == pytest.approx(geometry.y_scale, rel=0.02)  # aspect kept (up to the rounding)
 
 
+@pytest.mark.parametrize("size", [(200, 120), (90, 181), (16, 250)])
+def test_deepseek_vl_hybrid_cells_map_to_their_source_region_in_both_branches(size):
+    """DeepSeek-VL hybrid: the grid lies over the high-res canvas (longest side to ``high_res_size``, centred pad);
+    the low-res view is that square resized, and the SAM branch's pixels sit under the same cells. (16 x 250 hits
+    ``min_size``: its short side is 14 px on the high-res canvas, not 12; too narrow for an interior cell.)"""
+    from localize.testing import tiny_deepseek_vl_hybrid
+
+    vlm = VLM(*tiny_deepseek_vl_hybrid(image_size=96, patch_size=8, high_res_size=192))
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    geometry = batch.geometries[0]
+    assert len(batch.image_positions[0]) == geometry.rows * geometry.cols == 144
+    processor = vlm.processor.image_processor
+    checked = _check_cells(
+        geometry, _cell_means(batch.inputs["pixel_values"][0].numpy(), vlm, 12, 12, 8), width, height
+    )
+    clamped = min(size) * 192 / max(size) < processor.min_size
+    assert checked > 144 // 8 or clamped
+    high = batch.inputs["high_res_pixel_values"][0].numpy().reshape(3, -1)
+    mean, std = (np.asarray(v)[:, None] for v in (processor.high_res_image_mean, processor.high_res_image_std))
+    high = ((high * std + mean) * 255.0).reshape(3, 12, 16, 12, 16).mean(axis=(2, 4)).transpose(1, 2, 0)
+    assert _check_cells(geometry, high, width, height) == checked
+    if clamped:  # the 14 resized pixels hold the whole width
+        assert geometry.x_scale * 12 == pytest.approx(width * 192 / processor.min_size)
+
+
 @pytest.mark.parametrize("size", [(200, 120), (90, 181), (70, 50)])
 def test_mistral3_cells_map_to_their_source_region(size):
     """Mistral 3 (Pixtral): aspect-kept resize to 16-px multiples here; [IMG_BREAK] tokens are not cells."""

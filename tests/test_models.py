@@ -56,6 +56,20 @@ def test_local_directory_round_trip(tmp_path, factory, noise_image):
     assert loaded.info()["num_layers"] == model.config.text_config.num_hidden_layers
 
 
+def test_llava_loads_with_the_official_pad_to_square(tmp_path, noise_image):
+    """The adapter loads its family: a ``llava-hf`` processor that centre-crops is rebuilt to pad to square (LLaVA-1.5's
+    ``expand2square``), unless the user keeps the hub's preprocessing."""
+    model, processor = tiny_llava(pad_to_square=False)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    official = load_model(str(tmp_path), device="cpu")
+    as_shipped = load_model(str(tmp_path), device="cpu", official_preprocessing=False)
+    assert official.processor.image_processor.do_pad and not as_shipped.processor.image_processor.do_pad
+    padded = official.capture(noise_image, ["the dog"])[0].geometry
+    cropped = as_shipped.capture(noise_image, ["the dog"])[0].geometry
+    assert padded.y_offset < 0 and cropped.x_offset > 0  # 180 x 100: pad above and below vs cut the sides
+
+
 def test_cli_version_and_models(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])

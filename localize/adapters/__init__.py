@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..errors import UnsupportedModelError
-from .base import Adapter, PreparedBatch
-from .deepseek_vl import DeepseekVLAdapter
+from .base import Adapter, ImageView, PreparedBatch
+from .deepseek_vl import DeepseekVLAdapter, DeepseekVLHybridAdapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm4vAdapter
 from .llava import LlavaAdapter
@@ -17,6 +17,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     Qwen2VLAdapter,
     Glm4vAdapter,
     DeepseekVLAdapter,
+    DeepseekVLHybridAdapter,
     Mistral3Adapter,
     PaliGemmaAdapter,
     Gemma3Adapter,
@@ -42,8 +43,10 @@ __all__ = [
     "ADAPTERS",
     "Adapter",
     "DeepseekVLAdapter",
+    "DeepseekVLHybridAdapter",
     "Gemma3Adapter",
     "Glm4vAdapter",
+    "ImageView",
     "LlavaAdapter",
     "Mistral3Adapter",
     "PaliGemmaAdapter",

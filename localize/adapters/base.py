@@ -19,18 +19,32 @@ from ..geometry import GridGeometry
 PHRASE_FIELD = "{phrase}"
 
 
+@dataclass(frozen=True)
+class ImageView:
+    """One view of a sample's image: its tokens' sequence indices in grid (row-major) order and that grid's
+    geometry. A family with one grid has one view; a tiled family (a base view and a hi-res grid, or tiles and a
+    thumbnail) has several, and the first is the one that grounds."""
+
+    positions: torch.Tensor
+    geometry: GridGeometry
+    name: str = "image"
+
+    def shifted(self, offset: int) -> ImageView:
+        """The same view with every position moved by ``offset`` (a re-laid sequence)."""
+        return ImageView(self.positions + offset, self.geometry, self.name)
+
+
 @dataclass
 class PreparedBatch:
     """Model inputs for a batch of (image, phrase) pairs plus where each sample's image tokens sit.
 
-    ``image_positions[b]`` are the sequence indices of sample b's image tokens in grid (row-major) order;
-    ``last_positions[b]`` is the index of sample b's last real (non-padding) token.
+    ``views[b]`` are sample b's image views (the first grounds); ``last_positions[b]`` is the index of sample b's
+    last real (non-padding) token.
     """
 
     inputs: dict[str, torch.Tensor]
     prompts: list[str]
-    image_positions: list[torch.Tensor]
-    geometries: list[GridGeometry]
+    views: list[tuple[ImageView, ...]]
     last_positions: torch.Tensor
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -38,6 +52,20 @@ class PreparedBatch:
     def batch_size(self) -> int:
         """Number of samples."""
         return len(self.prompts)
+
+    @property
+    def image_positions(self) -> list[torch.Tensor]:
+        """Per sample, the grounding view's token indices in grid order."""
+        return [views[0].positions for views in self.views]
+
+    @property
+    def geometries(self) -> list[GridGeometry]:
+        """Per sample, the grounding view's geometry."""
+        return [views[0].geometry for views in self.views]
+
+    def all_image_positions(self, sample: int) -> torch.Tensor:
+        """Every image token of ``sample``, over all its views (S_img is the attention mass on these)."""
+        return torch.cat([view.positions for view in self.views[sample]])
 
 
 class Adapter(ABC):
@@ -57,6 +85,12 @@ class Adapter(ABC):
     query_offset: ClassVar[int] = 0
     # ``token_type_ids`` of answer tokens appended for training (text 0; a prefix-LM's causal suffix 1).
     answer_token_type: ClassVar[int] = 0
+    # The views :meth:`views` returns, grounding view first (tiled families: a hi-res grid and a base view).
+    view_names: ClassVar[tuple[str, ...]] = ("image",)
+    # Which decoder layers see the image tokens (see :attr:`capturable_layers`), for ``localize models``.
+    capturable_layers_doc: ClassVar[str] = "every decoder layer"
+    # How the language model's attention is captured (families with a logit softcap run their eager function).
+    attention_doc: ClassVar[str] = "SDPA + recorded query rows"
 
     def __init__(self, model: torch.nn.Module, processor: Any, template: str | None = None) -> None:
         self.model = model
@@ -93,6 +127,12 @@ class Adapter(ABC):
         return int(vision.image_size) // int(vision.patch_size)
 
     @property
+    def capturable_layers(self) -> tuple[int, ...]:
+        """Decoder layers whose attention reaches the image tokens (all of them where the image is in the sequence;
+        a cross-attention family would name only its cross-attention layers)."""
+        return tuple(range(self.num_layers))
+
+    @property
     def tokenizer(self) -> Any:
         """The processor's tokenizer."""
         return self.processor.tokenizer
@@ -112,25 +152,34 @@ class Adapter(ABC):
         return self.template.replace(PHRASE_FIELD, phrase)
 
     def prepare(self, images: Sequence[Image.Image], phrases: Sequence[str]) -> PreparedBatch:
-        """Tokenize and preprocess aligned lists of RGB images and phrases (padding as the tokenizer pads)."""
+        """Tokenize and preprocess aligned lists of RGB images and phrases, padded on the right (F4: some
+        processors, InternVL's among them, default to left, which would shift every position and defeat prefix
+        reuse)."""
         if len(images) != len(phrases):
             raise InputError(f"{len(images)} images for {len(phrases)} phrases")
         prompts = [self.format_prompt(p) for p in phrases]
-        inputs = self.processor(images=self.processor_images(images), text=prompts, return_tensors="pt", padding=True)
+        inputs = self.processor(
+            images=self.processor_images(images), text=prompts, return_tensors="pt", padding=True, padding_side="right"
+        )
         # labels (PaliGemma's processor returns them) would make the forward compute a loss over every position
         inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and k != "labels"}
         mask = inputs["attention_mask"]
         positions = torch.arange(mask.shape[1]).expand_as(mask)
         last = torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(dim=1).values
-        image_positions = [self.image_token_positions(inputs, b) for b in range(len(prompts))]
-        geometries = [self.geometry(img.size, inputs, b) for b, img in enumerate(images)]
-        for b, (pos, geom) in enumerate(zip(image_positions, geometries)):
-            if pos.numel() != geom.rows * geom.cols:
-                raise RuntimeError(
-                    f"sample {b}: {pos.numel()} image tokens for a {geom.rows}x{geom.cols} grid; "
-                    "the processor and model config disagree"
-                )
-        return PreparedBatch(inputs, prompts, image_positions, geometries, last)
+        views = [self.views(inputs, b, img.size) for b, img in enumerate(images)]
+        for b, sample_views in enumerate(views):
+            for view in sample_views:
+                cells = view.geometry.rows * view.geometry.cols
+                if view.positions.numel() != cells:
+                    raise RuntimeError(
+                        f"sample {b}, view {view.name!r}: {view.positions.numel()} image tokens for a "
+                        f"{view.geometry.rows}x{view.geometry.cols} grid; the processor and model config disagree"
+                    )
+        return PreparedBatch(inputs, prompts, views, last)
+
+    def views(self, inputs: dict[str, torch.Tensor], index: int, image_size: tuple[int, int]) -> tuple[ImageView, ...]:
+        """Sample ``index``'s image views, the grounding one first; one grid by default (tiled families override)."""
+        return (ImageView(self.image_token_positions(inputs, index), self.geometry(image_size, inputs, index)),)
 
     def processor_images(self, images: Sequence[Image.Image]) -> list:
         """The images as the processor takes them for one image per prompt (a flat list; some want one list each)."""
@@ -176,6 +225,30 @@ class Adapter(ABC):
         """The image tensors of one sample (pixel values and the family's extras)."""
         return {"pixel_values": inputs["pixel_values"][sample : sample + 1]}
 
+    # -- loading --------------------------------------------------------------------------------------------
+    @classmethod
+    def load_pretrained(
+        cls, source: str, *, dtype: torch.dtype, official_preprocessing: bool = True, **hub_kwargs: Any
+    ) -> tuple[torch.nn.Module, Any]:
+        """This family's model (on CPU) and processor from a local directory or hub id."""
+        from transformers import AutoProcessor
+
+        model = cls.model_class().from_pretrained(source, dtype=dtype, **hub_kwargs)
+        processor = AutoProcessor.from_pretrained(source, **hub_kwargs)
+        return model, (cls.official_processor(processor) if official_preprocessing else processor)
+
+    @classmethod
+    def model_class(cls) -> type:
+        """The transformers class that loads this family with its language-model head."""
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+
+    @classmethod
+    def official_processor(cls, processor: Any) -> Any:
+        """The processor set up as the family's paper preprocessed (default: as the hub ships it)."""
+        return processor
+
     @classmethod
     def describe(cls) -> dict[str, Any]:
         """What this adapter supports (for ``localize models``)."""
@@ -185,5 +258,8 @@ class Adapter(ABC):
             "template": cls.default_template,
             "prefix_reuse": cls.prefix_reuse,
             "query_offset": cls.query_offset,
+            "views": list(cls.view_names),
+            "capturable_layers": cls.capturable_layers_doc,
+            "attention": cls.attention_doc,
             "notes": cls.description,
         }

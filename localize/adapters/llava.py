@@ -39,6 +39,22 @@ class LlavaAdapter(Adapter):
             positions = positions[1:]
         return positions
 
+    @classmethod
+    def official_processor(cls, processor: Any) -> Any:
+        """LLaVA-1.5's ``expand2square``: the hub's ``llava-hf`` processors resize and centre-crop instead, so the
+        image processor is rebuilt with the same settings plus ``do_pad=True`` (centred pad to square)."""
+        from transformers import LlavaImageProcessor
+
+        image_processor = processor.image_processor
+        if getattr(image_processor, "do_pad", None) is not True:
+            settings = {
+                k: v
+                for k, v in image_processor.to_dict().items()
+                if not k.startswith("_") and k != "image_processor_type"
+            }
+            processor.image_processor = LlavaImageProcessor(**{**settings, "do_pad": True})
+        return processor
+
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """Follow the image processor: optional pad-to-square (centred), resize, center crop."""
         rows, cols = self.grid_size

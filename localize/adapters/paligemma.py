@@ -20,6 +20,7 @@ class PaliGemmaAdapter(Adapter):
     model_types = ("paligemma",)
     default_template = "{phrase}"  # the processor writes the <image> tokens, <bos> and the closing \n itself
     vision_modules = ("vision_tower", "multi_modal_projector")
+    attention_doc = "SDPA + recorded query rows; the family's eager attention where logits are softcapped (v2)"
     description = "PaliGemma v1/v2 (SigLIP + Gemma/Gemma 2, softcap); squash to a square; prefix-LM: no prefix reuse"
     prefix_reuse = False
     query_offset = 1

@@ -5,13 +5,13 @@ Used by the tests, the benchmarks and the shapes-world model. Nothing here downl
 and built programmatically, image processors are constructed from their settings.
 """
 
-from .deepseek_vl import tiny_deepseek_vl
+from .deepseek_vl import tiny_deepseek_vl, tiny_deepseek_vl_hybrid
 from .gemma3 import tiny_gemma3
 from .glm4v import tiny_glm4v
 from .llava import tiny_llava
 from .mistral3 import tiny_mistral3
 from .paligemma import tiny_paligemma
-from .qwen2_vl import tiny_qwen2_5_vl, tiny_qwen3_vl
+from .qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
 from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, QWEN_SPECIALS, word_tokenizer
 
 __all__ = [
@@ -19,12 +19,14 @@ __all__ = [
     "LLAVA_SPECIALS",
     "QWEN_SPECIALS",
     "tiny_deepseek_vl",
+    "tiny_deepseek_vl_hybrid",
     "tiny_gemma3",
     "tiny_glm4v",
     "tiny_llava",
     "tiny_mistral3",
     "tiny_paligemma",
     "tiny_qwen2_5_vl",
+    "tiny_qwen2_vl",
     "tiny_qwen3_vl",
     "word_tokenizer",
 ]

@@ -15,6 +15,63 @@ def mrope_section(frequencies: int) -> list[int]:
     return [*section, frequencies - sum(section)]
 
 
+def _qwen2_text(tokenizer, hidden: int, layers: int, heads: int, kv_heads: int) -> dict:
+    """The text side and token ids of a Qwen2-VL / Qwen2.5-VL config (M-RoPE over half of each head)."""
+    ids = tokenizer.convert_tokens_to_ids
+    section = mrope_section((hidden // heads) // 2)
+    text = dict(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
+        bos_token_id=None, eos_token_id=ids("<|endoftext|>"), pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return dict(
+        text_config=text, bos_token_id=None, eos_token_id=ids("<|endoftext|>"), image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )  # fmt: skip
+
+
+def tiny_qwen2_vl(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 64,
+    seed: int = 0,
+):
+    """A random-weight ``Qwen2VLForConditionalGeneration`` (full-attention vision tower, no window) and its
+    ``Qwen2VLProcessor``."""
+    from transformers import (
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    tokenizer = qwen_tokenizer(words)
+    config = Qwen2VLConfig(
+        vision_config=dict(
+            depth=2, embed_dim=32, hidden_size=hidden, mlp_ratio=2, num_heads=2, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2,
+        ),
+        **_qwen2_text(tokenizer, hidden, layers, heads, kv_heads),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
+    )
+    return model, processor
+
+
 def tiny_qwen2_5_vl(
     *,
     words: Iterable[str] = DEFAULT_WORDS,
@@ -38,8 +95,6 @@ def tiny_qwen2_5_vl(
     )
 
     tokenizer = qwen_tokenizer(words)
-    ids = tokenizer.convert_tokens_to_ids
-    section = mrope_section((hidden // heads) // 2)
     config = Qwen2_5_VLConfig(
         vision_config=dict(
             depth=vision_depth,
@@ -53,25 +108,7 @@ def tiny_qwen2_5_vl(
             window_size=56,
             fullatt_block_indexes=[vision_depth - 1],
         ),
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
-            bos_token_id=None,
-            eos_token_id=ids("<|endoftext|>"),
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        bos_token_id=None,
-        eos_token_id=ids("<|endoftext|>"),
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
+        **_qwen2_text(tokenizer, hidden, layers, heads, kv_heads),
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
