@@ -56,7 +56,12 @@ def run(args: argparse.Namespace) -> int:
         return 0  # a non-main process
     print(format_summary_md(summary), end="")
     total = summary["total"]
-    print(f"{total['n']} expressions scored, {total['skipped']} skipped; wrote {Path(args.out) / 'summary.md'}")
+    flagged = [f"{total.get(key, 0)} {what}" for key, what in (
+        ("n_mask_problem", "without a usable target mask (REC only)"),
+        ("n_unknown_words", "with words the model does not know"),
+    ) if total.get(key)]  # fmt: skip
+    notes = f" ({'; '.join(flagged)})" if flagged else ""
+    print(f"{total['n']} expressions scored{notes}, {total['skipped']} skipped; wrote {Path(args.out) / 'summary.md'}")
     if total["n"] == 0:  # no silent empty result: the tables hold no number
         print(f"localize: error: no expression was scored ({total['skipped']} skipped); see the skipped reasons above",
               file=sys.stderr)  # fmt: skip

@@ -109,7 +109,8 @@ def result_row(
     start = time.perf_counter()
     iou = float(box_iou(pred.box, sample.box))
     inter = union = None
-    if sample.has_mask:
+    mask_problem = sample.mask_problem()
+    if sample.has_mask and mask_problem is None:
         inter, union = mask_intersection_union(pred.mask, sample.mask(), sample.ignore_mask())
     timings = {**timings, "metrics_s": round(time.perf_counter() - start, 5)}
     row = {
@@ -131,6 +132,10 @@ def result_row(
         "sam_score": None if pred.sam_score is None else round(float(pred.sam_score), 6),
         "timings": timings,
     }
+    if mask_problem is not None:  # REC is scored; RES skips this row, counted in the summary
+        row["mask_problem"] = mask_problem
+    if pred.meta.get("unknown_words"):
+        row["unknown_words"] = list(pred.meta["unknown_words"])
     if answer is not None:
         row.update(answer)
     return row

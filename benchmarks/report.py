@@ -37,6 +37,9 @@ def split_metrics(rows: Sequence[dict]) -> dict[str, Any]:
     out["ciou"] = res.ciou() if res.unions else None
     out["miou"] = res.miou() if res.unions else None
     answered = [bool(row["answer_correct"]) for row in rows if row.get("answer_correct") is not None]
+    problems = [f"{row['id']}: {row['mask_problem']}" for row in rows if row.get("mask_problem")]
+    out["n_mask_problem"], out["mask_problem_examples"] = len(problems), problems[:5]
+    out["n_unknown_words"] = sum(bool(row.get("unknown_words")) for row in rows)
     out["n_answer"] = len(answered)
     out["answer_acc"] = sum(answered) / len(answered) if answered else None
     if not rows:
@@ -44,13 +47,18 @@ def split_metrics(rows: Sequence[dict]) -> dict[str, Any]:
     return out
 
 
-def summarize(out_dir: str | os.PathLike) -> dict:
-    """The summary of an output directory, recomputed from its JSONL files (and its manifest for the labels)."""
+def summarize(out_dir: str | os.PathLike, only: dict[tuple[str, str], set[str]] | None = None) -> dict:
+    """The summary of an output directory, recomputed from its JSONL files (and its manifest for the labels);
+    ``only``: the ids per (dataset, split) a run asked for (a ``--limit`` below what is on disk), else all."""
     out = Path(out_dir)
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
     rows = read_rows(out)
     skipped = read_skipped(out, {key: {str(r["id"]) for r in value} for key, value in rows.items()})
+    if only is not None:
+        rows = {key: [r for r in value if str(r["id"]) in only.get(key, ())] for key, value in rows.items()}
+        skipped = {key: [r for r in value if str(r["id"]) in only.get(key, ())] for key, value in skipped.items()}
+        rows, skipped = ({k: v for k, v in d.items() if k in only} for d in (rows, skipped))
     splits = []
     for dataset, split in column_order([*rows, *skipped]):
         entry = {"dataset": dataset, "split": split, **split_metrics(rows.get((dataset, split), []))}
@@ -66,7 +74,9 @@ def summarize(out_dir: str | os.PathLike) -> dict:
         "heads": manifest.get("heads"),
         "oracle_maps": manifest.get("settings", {}).get("oracle_maps", False),
         "splits": splits,
-        "total": {"n": sum(s["n"] for s in splits), "skipped": sum(s["skipped"] for s in splits)},
+        "total": {
+            **{key: sum(s[key] for s in splits) for key in ("n", "skipped", "n_mask_problem", "n_unknown_words")},
+        },
         "metrics": "fractions in [0, 1]; boxes in continuous pixels; empty prediction IoU 0, its target counts in U",
     }
 
@@ -105,8 +115,14 @@ def format_summary_md(summary: dict) -> str:
         lines.append("")
     lines += ["## Samples", ""]
     lines += _md_table(columns, [("expressions scored", [str(by_key[c]["n"]) for c in columns])])
-    lines += ["| skipped (unreadable) | " + " | ".join(str(by_key[c]["skipped"]) for c in columns) + " |", ""]
+    lines += ["| skipped (unreadable) | " + " | ".join(str(by_key[c]["skipped"]) for c in columns) + " |"]
+    for key, label in (("n_mask_problem", "RES not scored (empty / unreadable mask)"),
+                       ("n_unknown_words", "expressions with unknown words")):  # fmt: skip
+        lines += [f"| {label} | " + " | ".join(str(by_key[c].get(key, 0)) for c in columns) + " |"]
+    lines.append("")
     examples = [f"- skipped {e['dataset']}/{e['split']}: {x}" for e in summary["splits"] for x in e["skipped_examples"]]
+    examples += [f"- no RES {e['dataset']}/{e['split']}: {x}" for e in summary["splits"]
+                 for x in e.get("mask_problem_examples", [])]  # fmt: skip
     if examples:
         lines += [*examples, ""]
     lines += [
@@ -122,10 +138,10 @@ def format_summary_md(summary: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_summary(out_dir: str | os.PathLike) -> dict:
-    """Recompute ``summary.json`` and ``summary.md`` from the JSONL files; returns the summary."""
+def write_summary(out_dir: str | os.PathLike, only: dict[tuple[str, str], set[str]] | None = None) -> dict:
+    """Recompute ``summary.json`` and ``summary.md`` from the JSONL files (``only``: as :func:`summarize`)."""
     out = Path(out_dir)
-    summary = summarize(out)
+    summary = summarize(out, only)
     write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(format_summary_md(summary), encoding="utf-8")
     return summary

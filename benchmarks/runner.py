@@ -10,6 +10,7 @@ round-robin to the processes, each appends to ``<split>.shard<i>.jsonl``, and th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -22,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from localize.errors import ImageError, InputError, LocalizeError
+from localize.files import check_output
 from localize.published import load_heads_for
-from localize.runs import AppendLog, Progress, process_state
+from localize.runs import AppendLog, Progress, RunLock, process_state
+from localize.weights import weights_fingerprint
 
 from .config import MANIFEST_FORMAT, PAPER_PROTOCOL, BenchConfig, parse_splits, result_settings
 from .gallery import render_failures
@@ -136,6 +139,7 @@ def build_localizer(config: BenchConfig, out: Path, state: Any) -> tuple[Any, di
         "model_dtype": info.get("dtype"),
         "heads": [list(h) for h in loc.heads],
         "heads_file_sha256": sha256(heads_file) if heads_file else None,
+        "weights": weights_fingerprint(vlm.source),  # other weights at the same --model path are not mixed in
         "grounding": settings.to_dict(),
     }
     return loc, {"heads_file": heads_file, "heads_source": source, **resolved}
@@ -207,12 +211,26 @@ def _ground_group(
         yield True, result_row(entry, sample, dataset, split, pred, timings, answer)
 
 
+def _dropped_rows(source: Any, dataset: str, split: str, known: dict[str, dict]) -> list[dict]:
+    """Skip rows for what the source dropped while reading (a ref whose image is not in instances.json, a bad
+    bbox...), so that the summary counts them; none already on disk."""
+    rows = []
+    for number, problem in enumerate(getattr(source, "problems", [])):
+        sample_id = f"{dataset}/{split}/dropped#{number}"
+        if sample_id not in known:
+            rows.append({"id": sample_id, "index": -1, "dataset": dataset, "split": split, "image": None,
+                         "reason": f"dropped while reading: {problem}"})  # fmt: skip
+    return rows
+
+
 def run_split(
     loc: Any, source: Any, dataset: str, split: str, config: BenchConfig, out: Path, state: Any
-) -> dict[str, int]:
-    """Ground every pending expression of one split, appending rows; returns the readable ids' source indices."""
+) -> tuple[dict[str, int], set[str]]:
+    """Ground every pending expression of one split, appending rows; returns the readable ids' source indices and
+    every id this run asked for (its summary's rows)."""
     entries = read_entries(source, dataset, split, config.limit)
     results, skipped_path = split_files(out, dataset, split)
+    dropped = _dropped_rows(source, dataset, split, rows_by_id(skipped_path)) if state.is_main_process else []
     done = rows_by_id(results)
     rec, res = RecAccumulator(), ResAccumulator()
     for row in done.values():
@@ -224,6 +242,7 @@ def run_split(
     initial = len(entries) - len(pending)
     show = not config.no_progress and state.is_main_process
     with AppendLog(results) as writer, AppendLog(skipped_path) as skipped:
+        skipped.write(*dropped)
         with Progress(
             initial + sum(len(g) for g in groups), f"{dataset}/{split}", initial=initial, enabled=show
         ) as bar:
@@ -234,7 +253,8 @@ def run_split(
                         _count(rec, res, row)
                         bar.note(_postfix(rec, res))
                     bar.advance()
-    return {e.sample_id: e.index for e in entries if e.reason is None}
+    problems = {f"{dataset}/{split}/dropped#{n}" for n in range(len(getattr(source, "problems", [])))}
+    return {e.sample_id: e.index for e in entries if e.reason is None}, {e.sample_id for e in entries} | problems
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
@@ -285,12 +305,11 @@ def run_bench(config: BenchConfig) -> dict:
         raise InputError("--model is required (or --compare BASE_DIR FT_DIR)")
     if not config.out:
         raise InputError("--out DIR is required")
-    tasks = config.tasks
     if config.k is not None and config.k < 1:
         raise InputError(f"--k must be >= 1, got {config.k}")
     if config.limit is not None and config.limit < 0:
         raise InputError(f"--limit must be >= 0, got {config.limit}")
-    out = Path(config.out)
+    out = check_output(config.out, directory=True)
     pairs = parse_splits(_names(config), config.splits)
     extra = {"split_by": config.split_by} if config.split_by else {}
     sources = {  # opened first: a wrong split or data root fails before the model is loaded
@@ -298,6 +317,13 @@ def run_bench(config: BenchConfig) -> dict:
         for d, s in pairs
     }
     state = process_state()
+    with RunLock(out) if state.is_main_process else contextlib.nullcontext():
+        return _run_locked(config, out, pairs, sources, state)
+
+
+def _run_locked(config: BenchConfig, out: Path, pairs: list, sources: dict, state: Any) -> dict:
+    """:func:`run_bench` once the output directory is this run's."""
+    tasks = config.tasks
     check_against(out, "settings", result_settings(config))
     loc, resolved = build_localizer(config, out, state)
     check_against(out, "resolved", {k: v for k, v in resolved.items() if k not in ("heads_file", "heads_source")})
@@ -305,14 +331,15 @@ def run_bench(config: BenchConfig) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         _write_manifest(config, out, loc, resolved, pairs, state)
     state.wait_for_everyone()
-    indices = {key: run_split(loc, source, *key, config, out, state) for key, source in sources.items()}
+    ran = {key: run_split(loc, source, *key, config, out, state) for key, source in sources.items()}
+    indices = {key: found for key, (found, _) in ran.items()}
     state.wait_for_everyone()
     if not state.is_main_process:
         return {}
     for dataset, split in pairs:
         for path in split_files(out, dataset, split):
             merge_shards(path)
-    summary = write_summary(out)
+    summary = write_summary(out, only={key: ids for key, (_, ids) in ran.items()})
     if config.gallery > 0:
         samples = {key: (sources[key], found) for key, found in indices.items()}
         render_failures(out, loc, samples, config.gallery, oracle=config.oracle_maps, tasks=tasks)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from localize.errors import DataError, InputError, LocalizeError
+from localize.files import check_output
 from localize.runs import process_state
 
 from .discover import DiscoveryResult, discover, draw_samples
@@ -100,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
 
     from localize.models import load_model
 
-    if args.samples < 1:
-        raise InputError(f"--samples must be >= 1, got {args.samples}")
+    for flag in ("samples", "top_k", "per_sample", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    check_output(args.out)
     state = process_state()
     device = str(state.device) if state.num_processes > 1 and args.device == "auto" else args.device
     out = Path(args.out)
@@ -126,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if result is None:
         return 0
     _report(args, result)
-    return 0 if result.heads else 1  # "ran but found nothing": the heads file keeps the statistics for a rerun
+    return 0 if result.heads else 1  # "ran but found nothing": no heads file; the sidecar keeps the statistics
 
 
 def _report(args: argparse.Namespace, result: DiscoveryResult) -> None:
@@ -144,10 +147,15 @@ def _report(args: argparse.Namespace, result: DiscoveryResult) -> None:
         print(f"  {entry['head']}: frequency {entry['frequency']:.1%}, mean entropy {entropy}{iou}")
     if not hf.heads:
         passed = summary["heads_above_tau"]
-        why = f"tau = {hf.tau:.4g} is above every head's mean S_img" if not passed else "no head that passed tau"
+        why = (
+            f"tau = {hf.tau:.4g} is above every head's mean S_img"
+            if not passed
+            else "no head that passed tau had a finite entropy"
+        )
         print(
-            f"localize: no head was selected: {why} had a finite entropy; rerun with a lower --tau (or without it: "
-            "the statistics are kept, so no forward pass is repeated)",
+            f"localize: no head was selected: {why}, so no heads file was written to "
+            f"{args.out}; rerun with a lower --tau (or without it: the statistics are kept, so no forward pass is "
+            "repeated)",
             file=sys.stderr,
         )
     elif len(hf.heads) < args.top_k:

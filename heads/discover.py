@@ -91,18 +91,21 @@ class DiscoveryResult:
         return self.heads_file.heads_str
 
     def save(self, out: str | os.PathLike) -> dict[str, Path]:
-        """Write the heads file atomically and the three figures next to it; returns the paths by name."""
+        """Write the heads file atomically and the three figures next to it; returns the paths by name. With no
+        head selected there is no heads file (a pipeline must not ground with it); the figures and the sidecar
+        are written, so a rerun with another ``--tau`` repeats no forward pass."""
         from .figures import plot_frequency_bars, plot_rank_iou, plot_sum_curve
 
         hf = self.heads_file
         out = Path(out)
         figures = figure_paths(out)
-        save_heads(out, hf)
+        if hf.heads:
+            save_heads(out, hf)
         plot_sum_curve(hf.mean_sum, hf.tau, figures["sum_curve"], hf.settings.get("tau_method") or "given")
         plot_frequency_bars(np.nan_to_num(hf.frequency, nan=0.0), figures["frequency"])
         iou = hf.mean_iou if hf.mean_iou is not None else np.full_like(hf.frequency, np.nan)
         plot_rank_iou(np.nan_to_num(hf.frequency, nan=0.0), iou, self.rho, figures["rank_iou"], MIN_FREQUENCY)
-        self.paths = {"heads": out, **figures}
+        self.paths = {**({"heads": out} if hf.heads else {}), **figures}
         return self.paths
 
 

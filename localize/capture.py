@@ -207,10 +207,15 @@ def group_heads_by_layer(heads: Sequence[Head]) -> dict[int, torch.Tensor]:
     return {layer: torch.tensor(sorted(hs), dtype=torch.long) for layer, hs in sorted(by_layer.items())}
 
 
-def _check_phrases(phrases: Sequence[str]) -> list[str]:
+def check_phrases(phrases: Sequence[str]) -> list[str]:
+    """The phrases stripped; :class:`InputError` for none at all, one that is not a string, or an empty one."""
+    if not phrases:
+        raise InputError("no phrases given; pass at least one referring expression")
     cleaned = []
     for i, phrase in enumerate(phrases):
-        if not isinstance(phrase, str) or not phrase.strip():
+        if not isinstance(phrase, str):
+            raise InputError(f"phrase {i} is not a string but {type(phrase).__name__} ({str(phrase)[:60]!r})")
+        if not phrase.strip():
             raise InputError(f"phrase {i} is empty; give a referring expression such as 'the red car on the left'")
         cleaned.append(phrase.strip())
     return cleaned
@@ -268,7 +273,7 @@ class Capturer:
         ``query_positions``: per phrase, a token index (negative: counted back from the last real token, -1 = the
         last); default the last input token. ``differentiable`` keeps the autograd graph (fine-tuning).
         """
-        phrases = _check_phrases([phrases] if isinstance(phrases, str) else list(phrases))
+        phrases = check_phrases([phrases] if isinstance(phrases, str) else list(phrases))
         shared_image = not isinstance(images, (list, tuple))
         pil_images = [load_image(images)] * len(phrases) if shared_image else [load_image(i) for i in images]
         adapter = self.adapter

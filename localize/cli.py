@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .errors import LocalizeError
+from .errors import LocalizeError, LocalizeWarning
 from .refine.errors import RefineError
 
 # name -> (module, function adding arguments, function running, help)
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = argparse.ArgumentParser(prog="localize", description=__doc__)
     parser.add_argument("--version", action="version", version=f"localize {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or LOCALIZE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _register(sub, COMMANDS)
     data = sub.add_parser("data", help="dataset utilities")
@@ -122,20 +125,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``localize`` console script."""
+    """Entry point of the ``localize`` console script: every failure a user can meet is one line on stderr and exit
+    code 2 (``--debug`` or ``LOCALIZE_DEBUG=1`` re-raises it with its traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
+    debug = args.debug or os.environ.get("LOCALIZE_DEBUG", "") not in ("", "0")
     try:
-        return int(args.handler(args) or 0)
-    except (LocalizeError, RefineError) as err:
-        print(f"localize: error: {err}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("localize: interrupted; rerun the same command to resume where it stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `localize ... | head`: the reader left; say nothing more
+        try:  # and let the interpreter's final flush of stdout go nowhere rather than fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except Exception as err:
+        if debug:
+            raise
+        print(f"localize: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The toolkit's warnings as one ``localize: warning:`` line; others as Python prints them."""
+    if issubclass(category, LocalizeWarning):
+        print(f"localize: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def _one_line(err: BaseException) -> str:
+    """What went wrong, in one line: the toolkit's own errors as they are; anything else with its kind, the file it
+    names, and where to see more."""
+    if isinstance(err, (LocalizeError, RefineError)):
+        return " ".join(str(err).split())
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        return f"{err.strerror}{where} (rerun with --debug for the traceback)"
+    text = " ".join(str(err).split())[:500] or "(no message)"
+    return f"{type(err).__name__}: {text} (rerun with --debug for the traceback)"
 
 
 if __name__ == "__main__":

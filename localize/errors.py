@@ -25,5 +25,13 @@ class HeadsMismatchError(LocalizeError, ValueError):
     """Heads (or a heads file) that do not fit the model's layers/heads."""
 
 
+class OutputError(LocalizeError):
+    """An output that cannot be written (checked before the work, or failed after it with the results kept)."""
+
+
+class LocalizeWarning(UserWarning):
+    """Something a user should know that does not stop the work (the CLI prints it as one line)."""
+
+
 class DataError(LocalizeError):
     """A dataset that cannot be read (missing files, refused pickle, bad layout)."""

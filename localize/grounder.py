@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .capture import Head
+from .capture import Head, check_phrases
 from .errors import InputError, LocalizeError
-from .images import ImageLike, load_image
+from .images import ImageLike, load_image, original_size, reduced_by
 from .models import VLM, load_model
 from .postprocess import GroundingSettings, maps_to_grounding, mask_to_rle
 
@@ -79,15 +79,16 @@ class Localizer:
 
     def ground(self, image: ImageLike, phrase: str, *, return_maps: bool = False) -> Grounding:
         """Ground one phrase in one image."""
-        return self.ground_many(image, [phrase], return_maps=return_maps)[0]
+        return self.ground_many(image, check_phrases([phrase]), return_maps=return_maps)[0]
 
     def ground_many(self, image: ImageLike, phrases: Sequence[str], *, return_maps: bool = False) -> list[Grounding]:
         """Ground several phrases in one image: the image prefix and the SAM embedding are computed once."""
         if isinstance(phrases, str):
             raise InputError("ground_many takes a list of phrases; use ground() for one")
-        if not phrases:
+        if not phrases:  # a batch API: nothing in, nothing out
             return []
-        pil = load_image(image)
+        phrases = check_phrases(list(phrases))
+        pil = load_image(image, reduce_large=True)
         captured = self.vlm.capture(pil, list(phrases), list(self.heads))
         return self._finish(pil, list(phrases), captured, return_maps)
 
@@ -97,7 +98,7 @@ class Localizer:
         """Ground ``phrases[i]`` in ``images[i]`` with one batched forward (images of any sizes)."""
         if len(images) != len(phrases):
             raise InputError(f"{len(images)} images for {len(phrases)} phrases")
-        pils = [load_image(image) for image in images]
+        pils = [load_image(image, reduce_large=True) for image in images]
         captured = self.vlm.capture(pils, list(phrases), list(self.heads))
         results: list[Grounding] = []
         for pil, phrase, maps in zip(pils, phrases, captured):
@@ -117,7 +118,7 @@ class Localizer:
         if not chunks:
             raise InputError(f"no noun phrase found in {text!r}")
         positions = self._chunk_query_positions(text, [end for _, end in chunks])
-        pil = load_image(image)
+        pil = load_image(image, reduce_large=True)
         captured = self.vlm.capture(pil, [text] * len(chunks), list(self.heads), query_positions=positions)
         return self._finish(pil, [text[start:end] for start, end in chunks], captured, return_maps)
 
@@ -139,7 +140,9 @@ class Localizer:
         results = self.ground_maps(image, phrases, grids, [maps.geometry for maps in captured], return_maps)
         for result, maps in zip(results, captured):
             result.query_position = maps.query_position
-        return results
+            result.meta["unknown_words"] = unknown_words(self.vlm.adapter.tokenizer, result.phrase)
+        factor = reduced_by(image)
+        return [_to_original(r, factor, original_size(image)) for r in results] if factor > 1 else results
 
     def ground_maps(
         self,
@@ -182,6 +185,42 @@ class Localizer:
             "settings": self.settings.to_dict(),
             "sam_prompt": self.sam_prompt if self.sam is not None else None,
         }
+
+
+def _to_original(result: Grounding, factor: int, size: tuple[int, int]) -> Grounding:
+    """A grounding made on an image reduced by ``factor`` on load, in the original image's pixels: the box scaled,
+    the masks repeated back to full size; the heatmap stays at the reduced size (``meta["reduced_by"]``)."""
+    width, height = size
+    x0, y0, x1, y1 = result.box
+    result.box = (x0 * factor, y0 * factor, min(x1 * factor, width), min(y1 * factor, height))
+    same = result.attention_mask is result.mask  # no SAM: one array, upsampled once
+    result.mask = _upsampled(result.mask, factor, size)
+    result.attention_mask = result.mask if same else _upsampled(result.attention_mask, factor, size)
+    result.meta["reduced_by"] = factor
+    return result
+
+
+def _upsampled(small: np.ndarray, factor: int, size: tuple[int, int]) -> np.ndarray:
+    """``small`` with each pixel repeated ``factor`` times per axis, cut to ``size`` (w, h); built column-major, so
+    COCO RLE encodes it without another full-size copy."""
+
+    def repeats(n: int, total: int) -> np.ndarray:
+        counts = np.full(n, factor)
+        counts[-1] = total - factor * (n - 1)
+        return counts
+
+    width, height = size
+    columns = np.repeat(small.T, repeats(small.shape[1], width), axis=0)
+    return np.repeat(columns, repeats(small.shape[0], height), axis=1).T
+
+
+def unknown_words(tokenizer: Any, phrase: str) -> list[str]:
+    """The words of ``phrase`` that ``tokenizer`` can only read as its unknown token (a word-level vocabulary such
+    as the embedded models'); always ``[]`` for byte-level BPE tokenizers, which have no unknown words."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    return [word for word in phrase.split() if unk in tokenizer(word, add_special_tokens=False)["input_ids"]]
 
 
 def _noun_chunks(text: str) -> list[tuple[int, int]]:

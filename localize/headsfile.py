@@ -63,7 +63,7 @@ class HeadsFile:
 
     def __post_init__(self) -> None:
         self.num_layers, self.num_heads = int(self.num_layers), int(self.num_heads)
-        self.heads = [(int(layer), int(head)) for layer, head in self.heads]
+        self.heads = parse_heads(self.heads)  # integer pairs only: 3.7 is not truncated to 3
         self.sample_ids = [str(s) for s in self.sample_ids]
         if self.grid is not None:
             self.grid = (int(self.grid[0]), int(self.grid[1]))

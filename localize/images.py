@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -11,33 +12,84 @@ from .errors import ImageError
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
+# Grounding reduces images with a longer side by an integer factor on load: the model sees a few hundred pixels
+# (SAM 1024), and a 12000 x 12000 photo would otherwise cost gigabytes in the processor and the full-size maps.
+MAX_SIDE = 2048
+_REDUCED_BY, _ORIGINAL_SIZE = "localize_reduced_by", "localize_original_size"
 
-def load_image(image: ImageLike, exif_transpose: bool = True) -> Image.Image:
+
+def load_image(image: ImageLike, exif_transpose: bool = True, reduce_large: bool = False) -> Image.Image:
     """Return ``image`` as an RGB PIL image (RGBA/LA/P/CMYK/L/I/F converted; EXIF orientation applied unless
-    ``exif_transpose=False``, as for dataset images whose annotations are in stored-pixel orientation)."""
+    ``exif_transpose=False``, as for dataset images whose annotations are in stored-pixel orientation).
+
+    ``reduce_large``: an image whose longer side exceeds ``MAX_SIDE`` comes back reduced by an integer factor
+    that fits (a JPEG decoded at 1/2, 1/4 or 1/8 scale by ``Image.draft``, then ``Image.reduce``, box-averaged:
+    reduced pixel i covers original pixels [i r, (i + 1) r)); :func:`reduced_by` and :func:`original_size` tell
+    the factor and the size it had.
+    """
+    pil = _open(image, exif_transpose, reduce_large)
+    if pil.width < 1 or pil.height < 1:
+        raise ImageError(f"empty image of size {pil.width}x{pil.height}")
+    drafted, size = reduced_by(pil), original_size(pil)
+    pil = _to_rgb(pil)
+    rest = -(-max(size) // (MAX_SIDE * drafted)) if reduce_large else 1
+    if rest > 1:
+        pil = pil.reduce(rest)
+    if drafted * rest > 1:
+        pil.info.update({_REDUCED_BY: drafted * rest, _ORIGINAL_SIZE: size})
+    return pil
+
+
+def reduced_by(image: Image.Image) -> int:
+    """The factor :func:`load_image` reduced ``image`` by (1: not reduced)."""
+    return int(image.info.get(_REDUCED_BY, 1))
+
+
+def original_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of ``image`` before :func:`load_image` reduced it."""
+    return tuple(image.info.get(_ORIGINAL_SIZE, image.size))
+
+
+def _open(image: ImageLike, exif_transpose: bool, reduce_large: bool) -> Image.Image:
+    """A path, PIL image or array as a PIL image (any mode); the one-line errors of :func:`load_image`. With
+    ``reduce_large`` a large JPEG is decoded at a reduced scale (its factor and full size in ``info``)."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if isinstance(path, str) and path.lower().startswith(("http://", "https://", "ftp://")):
             raise ImageError(f"URLs are not fetched: download {path} first and pass the file")
         try:
-            with Image.open(path) as opened:
-                opened.load()
-                pil = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
+            with warnings.catch_warnings():
+                if reduce_large:  # past PIL's warning size but under its error size: reduced right after
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                pil = Image.open(path)
+                full, scale = pil.size, _draft(pil) if reduce_large else 1
+                pil.load()  # reads the pixels and, for a one-frame file, closes it
+                if exif_transpose:  # in place: a copy would double the peak of a large photo
+                    ImageOps.exif_transpose(pil, in_place=True)
+                if scale > 1:
+                    turned = (pil.width > pil.height) != (full[0] > full[1])
+                    pil.info.update({_REDUCED_BY: scale, _ORIGINAL_SIZE: full[::-1] if turned else full})
         except FileNotFoundError as err:
             raise ImageError(f"image not found: {path}") from err
         except Image.DecompressionBombError as err:
             raise ImageError(f"{path} has more pixels than PIL opens safely ({err}); downscale it first") from err
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise ImageError(f"cannot read image {path}: {err}") from err
-    elif isinstance(image, Image.Image):
-        pil = ImageOps.exif_transpose(image) if exif_transpose else image
-    elif isinstance(image, np.ndarray):
-        pil = _array_to_pil(image)
-    else:
-        raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image or a numpy array")
-    if pil.width < 1 or pil.height < 1:
-        raise ImageError(f"empty image of size {pil.width}x{pil.height}")
-    return _to_rgb(pil)
+        return pil
+    if isinstance(image, Image.Image):
+        return ImageOps.exif_transpose(image) if exif_transpose else image
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image)
+    raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image or a numpy array")
+
+
+def _draft(pil: Image.Image) -> int:
+    """Ask a large JPEG to decode at 1/2, 1/4 or 1/8 scale (DCT scaling, no full-size buffer); the scale taken."""
+    factor = -(-max(pil.size) // MAX_SIDE)
+    if pil.format != "JPEG" or factor < 2:
+        return 1
+    pil.draft("RGB", (max(pil.width // factor, 1), max(pil.height // factor, 1)))
+    return int(getattr(pil, "decoderconfig", (1,))[0] or 1)
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:

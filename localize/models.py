@@ -12,8 +12,9 @@ import torch
 
 from .adapters import Adapter, adapter_for
 from .capture import AttentionMaps, Capturer, Head
-from .errors import UnknownModelError
+from .errors import InputError, UnknownModelError
 from .images import ImageLike, load_image
+from .weights import check_weights_fit
 
 # Short names -> hub ids. A local directory or any hub id works too.
 ALIASES: dict[str, str] = {
@@ -76,9 +77,20 @@ def resolve_spec(spec: str) -> str:
 
 
 def _resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda if present, else cpu; a device that is not on this machine is an :class:`InputError`."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if target.type == "cuda":
+        count = torch.cuda.device_count()
+        if target.index is not None and target.index >= count or count == 0:
+            raise InputError(f"--device {device}: CUDA has {count} GPU(s) on this machine; use --device cpu or auto")
+    if target.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"--device {device}: MPS is not available on this machine; use --device cpu or auto")
+    return target
 
 
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -95,7 +107,7 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
         "fp16": torch.float16,
     }
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        raise InputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return names[dtype]
 
 
@@ -203,13 +215,41 @@ def load_model(
     if isinstance(spec, tuple):
         model, processor = spec
         return VLM(model, processor, template=template)
-    from transformers import AutoConfig
-
+    if not isinstance(spec, (str, os.PathLike)):
+        raise UnknownModelError(
+            f"model spec must be an alias, a local directory, a hub id, a VLM or a (model, processor) pair; got {spec!r}"
+        )
+    spec = os.fspath(spec)
     source = resolve_spec(spec)
     target = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype, target)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    config = _load_config(spec, source, kwargs)
+    adapter = adapter_for(config.model_type)  # fail early, listing the supported model types
+    if os.path.isdir(source):
+        check_weights_fit(source, config, adapter.model_class())
+    model, processor = adapter.load_pretrained(
+        source, dtype=torch_dtype, official_preprocessing=official_preprocessing, **kwargs
+    )
+    revision = revision or getattr(config, "_commit_hash", None)
+    return VLM(model.to(target).eval(), processor, spec=spec, template=template, revision=revision, source=source)
+
+
+def _load_config(spec: str, source: str, hub_kwargs: dict[str, Any]) -> Any:
+    """The model's config; a local folder without a readable ``config.json`` or an unreachable hub id is a one-line
+    :class:`UnknownModelError` saying which."""
+    from transformers import AutoConfig
+
+    if os.path.isdir(source):
+        path = os.path.join(source, "config.json")
+        if not os.path.isfile(path):
+            raise UnknownModelError(f"{source} has no config.json: it is not a model folder")
+        try:
+            return AutoConfig.from_pretrained(source, **hub_kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            raise UnknownModelError(f"cannot read {path}: {' '.join(str(err).split())[:300]}") from None
     try:
-        config = AutoConfig.from_pretrained(source, **kwargs)
+        return AutoConfig.from_pretrained(source, **hub_kwargs)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         why = "offline mode (HF_HUB_OFFLINE=1)" if offline else "hub unreachable or no such repo"
@@ -218,9 +258,3 @@ def load_model(
             f"Download it where the hub is reachable (`hf download {source} --local-dir DIR`) and pass the "
             "directory: --model DIR / load_model('DIR')."
         ) from err
-    adapter = adapter_for(config.model_type)  # fail early, listing the supported model types
-    model, processor = adapter.load_pretrained(
-        source, dtype=_resolve_dtype(dtype, target), official_preprocessing=official_preprocessing, **kwargs
-    )
-    revision = revision or getattr(config, "_commit_hash", None)
-    return VLM(model.to(target).eval(), processor, spec=spec, template=template, revision=revision, source=source)

@@ -207,7 +207,9 @@ def mask_to_rle(mask: np.ndarray) -> dict:
     """``[H, W]`` bool mask -> JSON-friendly COCO RLE (``counts`` as an ASCII string)."""
     from pycocotools import mask as mask_utils
 
-    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    mask = np.asarray(mask)
+    as_bytes = mask.view(np.uint8) if mask.dtype == np.bool_ else mask.astype(np.uint8)  # a bool mask: no copy
+    rle = mask_utils.encode(np.asfortranarray(as_bytes))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .errors import HeadsMismatchError, InputError
+from .errors import HeadsMismatchError, InputError, LocalizeWarning
 from .headsfile import HeadsFile, format_head, load_heads, validate_heads
 
 __all__ = ["PUBLISHED", "PublishedHeads", "ResolvedHeads", "load_heads_for", "published_entry", "published_heads"]
@@ -137,6 +138,28 @@ def _model_type(vlm: Any) -> str | None:
     return getattr(getattr(getattr(vlm, "model", None), "config", None), "model_type", None)
 
 
+def _from_file(vlm: Any, heads_file: HeadsFile, label: str, own: bool = False) -> list[tuple[int, int]]:
+    """A heads file's heads checked against ``vlm``: family, layers x heads, and the grid for a fixed-grid family
+    (errors); a file recorded for another checkpoint of the family is used with a :class:`LocalizeWarning`."""
+    heads = validate_heads(heads_file, vlm.num_layers, vlm.num_heads, _model_type(vlm))
+    adapter = getattr(vlm, "adapter", None)
+    grid = getattr(adapter, "fixed_grid", None)
+    if heads_file.grid and grid and tuple(heads_file.grid) != tuple(grid):
+        raise HeadsMismatchError(
+            f"the heads file {label} was found on a {heads_file.grid[0]}x{heads_file.grid[1]} image grid, but this "
+            f"model's grid is {grid[0]}x{grid[1]}: another model; run `localize discover` on this one"
+        )
+    names = {str(getattr(vlm, key, "") or "").rstrip("/") for key in ("spec", "source")}
+    if heads_file.model and not own and heads_file.model.rstrip("/") not in names:
+        warnings.warn(
+            f"the heads file {label} was made for {heads_file.model}, and is used with {vlm.spec} (same family and "
+            "shape); run `localize discover` on this model if it is not a copy of that one",
+            LocalizeWarning,
+            stacklevel=3,
+        )
+    return heads
+
+
 def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
     """Heads for ``vlm`` from ``"auto"``, a heads-file path or :class:`HeadsFile`, ``"L14 H24,L14 H13"``, or pairs.
 
@@ -147,15 +170,15 @@ def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
     if heads is None or isinstance(heads, (int, float, bytes)):
         raise InputError(f"heads must be 'auto', a heads file, 'L14 H24,...' or (layer, head) pairs; got {heads!r}")
     if isinstance(heads, HeadsFile):
-        return ResolvedHeads(
-            validate_heads(heads, num_layers, num_heads, _model_type(vlm)), f"heads file of {heads.model}"
-        )
+        return ResolvedHeads(_from_file(vlm, heads, f"of {heads.model}"), f"heads file of {heads.model}")
     if isinstance(heads, (str, os.PathLike)):
         text = os.fspath(heads).strip()
         if text.lower() == "auto":
             beside = Path(str(getattr(vlm, "source", None) or getattr(vlm, "spec", ""))) / "heads.json"
-            return load_heads_for(vlm, beside) if beside.is_file() else _published_for(vlm)
+            if beside.is_file():  # the model's own (a fine-tuned export): made for it, whatever name it records
+                return ResolvedHeads(_from_file(vlm, load_heads(beside), str(beside), own=True), str(beside))
+            return _published_for(vlm)
         if isinstance(heads, os.PathLike) or text.lower().endswith(".json") or os.path.isfile(text):
-            return ResolvedHeads(validate_heads(load_heads(text), num_layers, num_heads, _model_type(vlm)), text)
+            return ResolvedHeads(_from_file(vlm, load_heads(text), text), text)
         return ResolvedHeads(validate_heads(text, num_layers, num_heads), "given")
     return ResolvedHeads(validate_heads(heads, num_layers, num_heads), "given")

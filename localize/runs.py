@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,10 @@ from .errors import InputError, LocalizeError
 
 class SettingsMismatchError(InputError):
     """Saved results or checkpoints were made with other settings than this command's."""
+
+
+class RunLockedError(LocalizeError):
+    """Another run is writing into the same output directory."""
 
 
 # -- settings --------------------------------------------------------------------------------------------------------
@@ -115,6 +120,59 @@ class AppendLog:
 
 
 # -- processes and shards --------------------------------------------------------------------------------------------
+class RunLock:
+    """``with RunLock(out_dir):`` refuses a second run writing into the same directory at the same time.
+
+    The lock is ``OUT/.localize.lock`` holding the owner's pid and host, created exclusively; a lock left by a run
+    that died (its pid gone on this host) is taken over. Removed on exit, whatever the outcome.
+    """
+
+    NAME = ".localize.lock"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / self.NAME
+        self.owner = f"{os.getpid()}@{socket.gethostname()}"
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    holder = self.path.read_text(encoding="utf-8", errors="replace").strip() or "?"
+                    raise RunLockedError(
+                        f"another run ({holder}) is writing into {self.path.parent}; wait for it to end or use "
+                        f"another --out (delete {self.path} if that run is gone)"
+                    ) from None
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(self.owner)
+            return self
+        raise RunLockedError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.path.read_text(encoding="utf-8").strip() == self.owner:
+                self.path.unlink()
+        except OSError:
+            pass
+
+    def _stale(self) -> bool:
+        """Whether the lock's owner ran on this host and is gone."""
+        try:
+            pid, host = self.path.read_text(encoding="utf-8").strip().split("@", 1)
+            if host != socket.gethostname():
+                return False
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, ValueError):
+            return False
+        return False
+
+
 class SingleProcess:
     """The plain path: one process, no accelerate."""
 

@@ -29,7 +29,7 @@ def sincos_2d(side: int, dim: int) -> torch.Tensor:
 def build_model(config: ShapesTrainConfig):
     """The untrained model and processor (seeded by ``config.seed``), in training mode; image tokens stay local
     through the frozen sin-cos position table."""
-    from localize.testing import tiny_llava
+    from localize.testing import normalize_words, tiny_llava
 
     model, processor = tiny_llava(
         words=shapes.vocabulary(),
@@ -47,6 +47,7 @@ def build_model(config: ShapesTrainConfig):
         vision_feature_layer=-1,
         seed=config.seed,
     )
+    normalize_words(processor.tokenizer)  # "The Red Circle." reads as "the red circle"
     embeddings = model.model.vision_tower.embeddings
     side = config.image_size // config.patch_size
     with torch.no_grad():

@@ -74,6 +74,8 @@ class Adapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     default_template: ClassVar[str]
+    # The text the processor expands into the image tokens; a template must hold it (None: the processor adds them).
+    image_placeholder: ClassVar[str | None] = None
     text_config_key: ClassVar[str] = "text_config"
     description: ClassVar[str] = ""
     # Attribute names of the vision side (encoder, projector / merger) inside the model, for fine-tuning it.
@@ -98,6 +100,11 @@ class Adapter(ABC):
         self.template = template or self.default_template
         if PHRASE_FIELD not in self.template:
             raise InputError(f"prompt template must contain {PHRASE_FIELD!r}: {self.template!r}")
+        if self.image_placeholder and self.image_placeholder not in self.template:
+            raise InputError(
+                f"a {self.family} prompt template must contain the image placeholder {self.image_placeholder!r} "
+                f"(default {self.default_template!r}): {self.template!r}"
+            )
 
     # -- language-model shape -------------------------------------------------------------------------------
     @property
@@ -125,6 +132,11 @@ class Adapter(ABC):
         """Tokens per side of a fixed square grid: the vision config's ``image_size / patch_size``."""
         vision = self.model.config.vision_config
         return int(vision.image_size) // int(vision.patch_size)
+
+    @property
+    def fixed_grid(self) -> tuple[int, int] | None:
+        """(rows, cols) of the grid when it is the same for every image; None where it follows the image (Qwen)."""
+        return None
 
     @property
     def capturable_layers(self) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ class DeepseekVLAdapter(Adapter):
     family = "deepseek_vl"
     model_types = ("deepseek_vl",)
     default_template = "<image_placeholder>\n{phrase}"
+    image_placeholder = "<image_placeholder>"
     vision_modules = ("vision_model", "aligner")
     description = "DeepSeek-VL (SigLIP + Llama); longest side to the canvas, centred pad to square"
 
@@ -23,6 +24,11 @@ class DeepseekVLAdapter(Adapter):
     def canvas_side(self) -> int:
         """Side of the square the image is resized and padded onto (the low-res ``size``)."""
         return int(self.processor.image_processor.size["height"])
+
+    @property
+    def fixed_grid(self) -> tuple[int, int]:
+        """One grid for every image."""
+        return self.vision_grid_side, self.vision_grid_side
 
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The processor's resize (longest side -> canvas, the other rounded, at least ``min_size``) and centred

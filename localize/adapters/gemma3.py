@@ -17,13 +17,19 @@ class Gemma3Adapter(Adapter):
     family = "gemma3"
     model_types = ("gemma3",)
     default_template = "<start_of_image>{phrase}"
+    image_placeholder = "<start_of_image>"
     vision_modules = ("vision_tower", "multi_modal_projector")
     description = "Gemma 3 (SigLIP + Gemma 3); squash to a square, patches pooled to 16x16; bidirectional image block"
 
+    @property
+    def fixed_grid(self) -> tuple[int, int]:
+        """One pooled grid for every image."""
+        side = round(int(self.model.config.mm_tokens_per_image) ** 0.5)
+        return side, side
+
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The whole image is squashed onto the pooled square grid."""
-        side = round(int(self.model.config.mm_tokens_per_image) ** 0.5)
-        return GridGeometry.squashed(side, side, image_size)
+        return GridGeometry.squashed(*self.fixed_grid, image_size)
 
     def processor_images(self, images) -> list:
         """One list of images per prompt, as ``Gemma3Processor`` requires (F7)."""

@@ -11,5 +11,6 @@ class Glm4vAdapter(Qwen2VLAdapter):
     family = "glm4v"
     model_types = ("glm4v", "glm4v_moe")
     default_template = "<|begin_of_image|><|image|><|end_of_image|>{phrase}"
+    image_placeholder = "<|image|>"
     vision_modules = ("visual",)
     description = "GLM-4.1V / GLM-4.5V; dynamic grid from image_grid_thw / merge size; M-RoPE (as Qwen2-VL)"

@@ -17,6 +17,7 @@ class LlavaAdapter(Adapter):
     model_types = ("llava",)
     # The official code's plain form: the image, then the referring expression; the query is its last token.
     default_template = "<image>\n{phrase}"
+    image_placeholder = "<image>"
     vision_modules = ("vision_tower", "multi_modal_projector")
     description = "LLaVA-1.5 (CLIP ViT + Llama/Vicuna); fixed square grid; pad-to-square or resize+center-crop"
 
@@ -26,11 +27,6 @@ class LlavaAdapter(Adapter):
         config = self.model.config
         token = getattr(config, "image_token_id", None)
         return int(token if token is not None else config.image_token_index)
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        """(rows, cols) of the patch grid."""
-        return self.vision_grid_side, self.vision_grid_side
 
     def image_token_positions(self, inputs: dict[str, torch.Tensor], index: int) -> torch.Tensor:
         """Image-token indices; with the ``full`` feature strategy the CLS token comes first and is dropped."""
@@ -55,9 +51,14 @@ class LlavaAdapter(Adapter):
             processor.image_processor = LlavaImageProcessor(**{**settings, "do_pad": True})
         return processor
 
+    @property
+    def fixed_grid(self) -> tuple[int, int]:
+        """One grid for every image."""
+        return self.vision_grid_side, self.vision_grid_side
+
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """Follow the image processor: optional pad-to-square (centred), resize, center crop."""
-        rows, cols = self.grid_size
+        rows, cols = self.fixed_grid
         settings = _processor_settings(self.processor.image_processor)
         width, height = image_size
         pad_x = pad_y = 0

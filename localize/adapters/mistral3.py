@@ -16,6 +16,7 @@ class Mistral3Adapter(Adapter):
     family = "mistral3"
     model_types = ("mistral3",)
     default_template = "[IMG]{phrase}"
+    image_placeholder = "[IMG]"
     vision_modules = ("vision_tower", "multi_modal_projector")
     description = "Mistral 3 (Pixtral + Mistral); aspect-kept resize to 28-px multiples; [IMG_BREAK] rows dropped"
 

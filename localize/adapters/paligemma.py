@@ -26,6 +26,11 @@ class PaliGemmaAdapter(Adapter):
     query_offset = 1
     answer_token_type = 1  # the answer is the causal suffix after the bidirectional prefix
 
+    @property
+    def fixed_grid(self) -> tuple[int, int]:
+        """One grid for every image."""
+        return self.vision_grid_side, self.vision_grid_side
+
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The whole image is resized (squashed) onto the square grid."""
         side = self.vision_grid_side

@@ -14,6 +14,7 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_vl_moe")
     default_template = "<|vision_start|><|image_pad|><|vision_end|>{phrase}"
+    image_placeholder = "<|image_pad|>"
     vision_modules = ("visual",)
     description = "Qwen2-VL / Qwen2.5-VL / Qwen3-VL; dynamic grid from image_grid_thw / merge size; M-RoPE"
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
+import sys
 from typing import Any
 
-from localize.errors import InputError
+from localize.errors import InputError, OutputError
+from localize.files import check_output, write_output
 from localize.options import add_grounding_arguments, localizer_from_args
 
 DEFAULT_MODEL = "shapes-tiny"
@@ -36,20 +37,28 @@ def build_localizer(args: argparse.Namespace):
 
 
 def _report(localizer, image, groundings: list, out: str | None, viz: str | None, source: str) -> dict[str, Any]:
+    from localize.images import original_size, reduced_by
     from localize.viz import render_gallery, render_overlay
 
-    result = {"image": source, "results": [g.to_json() for g in groundings], **localizer.info()}
+    size = [int(v) for v in original_size(image)]
+    result = {"image": source, "image_size": size, "results": [g.to_json() for g in groundings], **localizer.info()}
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        write_output(out, json.dumps(result, indent=2))
     if viz:
+        factor = reduced_by(image)  # an image reduced on load is drawn at the size the heatmap has
         items = [
-            {"image": image, "heatmap": g.heatmap, "box": g.box, "mask": g.mask, "phrase": g.phrase} for g in groundings
-        ]
-        if len(items) == 1:
-            render_overlay(**items[0], path=viz)
-        else:
-            render_gallery(items, path=viz, cols=min(3, len(items)))
+            {"image": image, "heatmap": g.heatmap, "box": tuple(v / factor for v in g.box),
+             "mask": g.mask[::factor, ::factor], "phrase": g.phrase}
+            for g in groundings
+        ]  # fmt: skip
+        try:
+            if len(items) == 1:
+                render_overlay(**items[0], path=viz)
+            else:
+                render_gallery(items, path=viz, cols=min(3, len(items)))
+        except OSError as err:
+            kept = f"; the results are in {out}" if out else ""
+            raise OutputError(f"cannot write {viz}: {err.strerror or err}{kept}") from None
     return result
 
 
@@ -57,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     """Ground the phrase(s) and print one line per result; write JSON / overlay when asked."""
     from localize.images import load_image
 
-    image = load_image(args.image)
+    for path in (args.out, args.viz):
+        if path:
+            check_output(path)
+    image = load_image(args.image, reduce_large=True)
     localizer = build_localizer(args)
     if args.noun_chunks:
         if len(args.phrases) != 1:
@@ -66,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         groundings = localizer.ground_many(image, args.phrases)
     _report(localizer, image, groundings, args.out, args.viz, os.fspath(args.image))
+    warn_unknown_words(groundings)
     for g in groundings:
         x0, y0, x1, y1 = g.box
         print(
@@ -75,6 +88,16 @@ def run(args: argparse.Namespace) -> int:
         if path:
             print(f"wrote {path}")
     return 0
+
+
+def warn_unknown_words(groundings: list) -> None:
+    """One stderr line per phrase with words the model's vocabulary lacks: its box is a guess."""
+    for g in groundings:
+        if g.meta.get("unknown_words"):
+            words = ", ".join(g.meta["unknown_words"])
+            print(
+                f"localize: warning: {g.phrase!r}: unknown words {words} (the model cannot read them)", file=sys.stderr
+            )
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +118,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from localize.benchmarks.metrics import box_iou
     from localize.data import shapes
 
+    for path in (args.out, args.json):
+        if path:
+            check_output(path)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 1_000_000_000)
     size = args.image_size or shapes.DEFAULT_IMAGE_SIZE
     scene, expressions = shapes.sample_scene(seed, args.difficulty, size)

@@ -202,7 +202,7 @@ class RefDataset:
                     expression=text.strip(),
                     box=box,
                     image_size=size,
-                    segmentation=ann.get("segmentation") or None,
+                    segmentation=ann.get("segmentation"),  # [] kept: an empty mask is reported, not dropped
                     dataset=self.name,
                     split=self.split,
                     meta={

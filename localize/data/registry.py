@@ -188,6 +188,7 @@ def _check_split(source: SampleSource) -> tuple[dict, set[str], list[str], list[
     images: set[str] = set()
     missing: list[str] = []
     unreadable = [str(p) for p in getattr(source, "problems", [])]
+    mask_problems: list[str] = []
     expressions = 0
     for index in range(len(source)):
         try:
@@ -206,6 +207,8 @@ def _check_split(source: SampleSource) -> tuple[dict, set[str], list[str], list[
             unreadable.append(f"#{index}: {type(err).__name__}: {err}")
             continue
         expressions += 1
+        if (problem := sample.mask_problem()) is not None:
+            mask_problems.append(f"{sample.sample_id}: {problem}")
         key = sample.image_key
         if key not in images:
             images.add(key)
@@ -218,6 +221,8 @@ def _check_split(source: SampleSource) -> tuple[dict, set[str], list[str], list[
         "missing_examples": missing[:EXAMPLES],
         "unreadable_rows": len(unreadable),
         "unreadable_examples": unreadable[:EXAMPLES],
+        "mask_problems": len(mask_problems),
+        "mask_problem_examples": mask_problems[:EXAMPLES],
     }
     return entry, images, missing, unreadable
 
@@ -270,10 +275,12 @@ def check_dataset(
         "images_missing": len(all_missing),
         "missing_examples": all_missing[:EXAMPLES],
         "unreadable_rows": len(unreadable),
+        "mask_problems": sum(e.get("mask_problems", 0) for e in report["splits"].values()),
     }
     entries = report["splits"].values()
     report["ok"] = bool(entries) and all(
-        "error" not in e and not e["images_missing"] and not e["unreadable_rows"] for e in entries
+        "error" not in e and not e["images_missing"] and not e["unreadable_rows"] and not e["mask_problems"]
+        for e in entries
     )
     return report
 
@@ -285,12 +292,12 @@ def format_check_report(report: dict) -> str:
     from rich.table import Table
 
     table = Table(title=f"data check: {report['dataset']}", box=box.ASCII2)
-    for column in ("split", "expressions", "images", "images missing", "unreadable rows"):
+    for column in ("split", "expressions", "images", "images missing", "unreadable rows", "empty masks"):
         table.add_column(column, justify="left" if column == "split" else "right")
     notes: list[str] = []
     for split, entry in report["splits"].items():
         if "error" in entry:
-            table.add_row(split, "-", "-", "-", "-")
+            table.add_row(split, "-", "-", "-", "-", "-")
             notes.append(f"{split}: cannot open: {entry['error']}")
             continue
         table.add_row(
@@ -299,7 +306,9 @@ def format_check_report(report: dict) -> str:
             str(entry["images"]),
             str(entry["images_missing"]),
             str(entry["unreadable_rows"]),
+            str(entry["mask_problems"]),
         )
+        notes += [f"{split}: mask (RES not scored): {reason}" for reason in entry["mask_problem_examples"]]
         for path in entry["missing_examples"]:
             notes.append(f"{split}: missing image {path}")
         if entry["images_missing"] > len(entry["missing_examples"]):
@@ -317,6 +326,7 @@ def format_check_report(report: dict) -> str:
             str(total["images"]),
             str(total["images_missing"]),
             str(total["unreadable_rows"]),
+            str(total["mask_problems"]),
         )
     buffer = io.StringIO()
     Console(file=buffer, width=120, color_system=None, force_terminal=False).print(table)

@@ -53,8 +53,20 @@ class GroundingSample:
 
     @property
     def has_mask(self) -> bool:
-        """Whether a target mask is available."""
+        """Whether a target mask is given (it may still be empty or unreadable: :meth:`mask_problem`)."""
         return self.mask_array is not None or self.segmentation is not None
+
+    def mask_problem(self) -> str | None:
+        """Why the given target mask cannot score RES (empty or unreadable), or None (fine, or no mask given)."""
+        if not self.has_mask:
+            return None
+        if self.mask_array is None and not self.segmentation:
+            return "empty segmentation"
+        try:
+            mask = self.mask()
+        except Exception as err:  # pycocotools raises TypeError / ValueError / its own on malformed polygons
+            return f"unreadable segmentation ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+        return None if mask.any() else "empty mask (no pixel inside the segmentation)"
 
     def mask(self) -> np.ndarray | None:
         """The target mask ``[H, W]`` bool, decoded from polygons/RLE with pycocotools; None when absent."""

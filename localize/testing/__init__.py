@@ -12,7 +12,7 @@ from .llava import tiny_llava
 from .mistral3 import tiny_mistral3
 from .paligemma import tiny_paligemma
 from .qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
-from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, QWEN_SPECIALS, word_tokenizer
+from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, QWEN_SPECIALS, normalize_words, word_tokenizer
 
 __all__ = [
     "DEFAULT_WORDS",
@@ -28,5 +28,6 @@ __all__ = [
     "tiny_qwen2_5_vl",
     "tiny_qwen2_vl",
     "tiny_qwen3_vl",
+    "normalize_words",
     "word_tokenizer",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
 DEFAULT_WORDS: tuple[str, ...] = tuple(
     [
@@ -84,6 +84,16 @@ def word_tokenizer(words: Iterable[str], specials: Sequence[str], bos: str | Non
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token=bos, **special_kwargs
     )
+
+
+def normalize_words(tokenizer):
+    """Make a word-level tokenizer read ``"The Red Circle."`` as ``"the red circle"``: lower case, and punctuation
+    and symbols (emoji included) as spaces; registered special tokens are matched before and stay as they are.
+    Returns the tokenizer (changed in place)."""
+    tokenizer.backend_tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")]
+    )
+    return tokenizer
 
 
 def qwen_tokenizer(words: Iterable[str]):
