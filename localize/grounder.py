@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import images as image_io
 from .capture import Head, check_phrases
 from .errors import InputError, LocalizeError
 from .images import ImageLike, load_image, original_size, reduced_by
@@ -77,6 +78,12 @@ class Localizer:
         self.sam_prompt = sam_prompt
         self.heads_source = heads_source
 
+    def load_image(self, image: ImageLike) -> Any:
+        """``image`` as RGB, reduced on load when larger than this model can use (``localize.images.MAX_SIDE``,
+        or the family's own budget where larger); results are mapped back to its original pixels."""
+        side = max(image_io.MAX_SIDE, self.vlm.adapter.max_input_side or 0)
+        return load_image(image, reduce_large=True, max_side=side)
+
     def ground(self, image: ImageLike, phrase: str, *, return_maps: bool = False) -> Grounding:
         """Ground one phrase in one image."""
         return self.ground_many(image, check_phrases([phrase]), return_maps=return_maps)[0]
@@ -88,7 +95,7 @@ class Localizer:
         if not phrases:  # a batch API: nothing in, nothing out
             return []
         phrases = check_phrases(list(phrases))
-        pil = load_image(image, reduce_large=True)
+        pil = self.load_image(image)
         captured = self.vlm.capture(pil, list(phrases), list(self.heads))
         return self._finish(pil, list(phrases), captured, return_maps)
 
@@ -98,7 +105,7 @@ class Localizer:
         """Ground ``phrases[i]`` in ``images[i]`` with one batched forward (images of any sizes)."""
         if len(images) != len(phrases):
             raise InputError(f"{len(images)} images for {len(phrases)} phrases")
-        pils = [load_image(image, reduce_large=True) for image in images]
+        pils = [self.load_image(image) for image in images]
         captured = self.vlm.capture(pils, list(phrases), list(self.heads))
         results: list[Grounding] = []
         for pil, phrase, maps in zip(pils, phrases, captured):
@@ -118,7 +125,7 @@ class Localizer:
         if not chunks:
             raise InputError(f"no noun phrase found in {text!r}")
         positions = self._chunk_query_positions(text, [end for _, end in chunks])
-        pil = load_image(image, reduce_large=True)
+        pil = self.load_image(image)
         captured = self.vlm.capture(pil, [text] * len(chunks), list(self.heads), query_positions=positions)
         return self._finish(pil, [text[start:end] for start, end in chunks], captured, return_maps)
 

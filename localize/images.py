@@ -18,21 +18,25 @@ MAX_SIDE = 2048
 _REDUCED_BY, _ORIGINAL_SIZE = "localize_reduced_by", "localize_original_size"
 
 
-def load_image(image: ImageLike, exif_transpose: bool = True, reduce_large: bool = False) -> Image.Image:
+def load_image(
+    image: ImageLike, exif_transpose: bool = True, reduce_large: bool = False, max_side: int | None = None
+) -> Image.Image:
     """Return ``image`` as an RGB PIL image (RGBA/LA/P/CMYK/L/I/F converted; EXIF orientation applied unless
     ``exif_transpose=False``, as for dataset images whose annotations are in stored-pixel orientation).
 
-    ``reduce_large``: an image whose longer side exceeds ``MAX_SIDE`` comes back reduced by an integer factor
+    ``reduce_large``: an image whose longer side exceeds ``max_side`` (default ``MAX_SIDE``) comes back reduced by
+    an integer factor
     that fits (a JPEG decoded at 1/2, 1/4 or 1/8 scale by ``Image.draft``, then ``Image.reduce``, box-averaged:
     reduced pixel i covers original pixels [i r, (i + 1) r)); :func:`reduced_by` and :func:`original_size` tell
     the factor and the size it had.
     """
-    pil = _open(image, exif_transpose, reduce_large)
+    limit = max_side or MAX_SIDE
+    pil = _open(image, exif_transpose, limit if reduce_large else None)
     if pil.width < 1 or pil.height < 1:
         raise ImageError(f"empty image of size {pil.width}x{pil.height}")
     drafted, size = reduced_by(pil), original_size(pil)
     pil = _to_rgb(pil)
-    rest = -(-max(size) // (MAX_SIDE * drafted)) if reduce_large else 1
+    rest = -(-max(size) // (limit * drafted)) if reduce_large else 1
     if rest > 1:
         pil = pil.reduce(rest)
     if drafted * rest > 1:
@@ -50,19 +54,19 @@ def original_size(image: Image.Image) -> tuple[int, int]:
     return tuple(image.info.get(_ORIGINAL_SIZE, image.size))
 
 
-def _open(image: ImageLike, exif_transpose: bool, reduce_large: bool) -> Image.Image:
+def _open(image: ImageLike, exif_transpose: bool, max_side: int | None) -> Image.Image:
     """A path, PIL image or array as a PIL image (any mode); the one-line errors of :func:`load_image`. With
-    ``reduce_large`` a large JPEG is decoded at a reduced scale (its factor and full size in ``info``)."""
+    ``max_side`` a JPEG larger than that is decoded at a reduced scale (its factor and full size in ``info``)."""
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if isinstance(path, str) and path.lower().startswith(("http://", "https://", "ftp://")):
             raise ImageError(f"URLs are not fetched: download {path} first and pass the file")
         try:
             with warnings.catch_warnings():
-                if reduce_large:  # past PIL's warning size but under its error size: reduced right after
+                if max_side:  # past PIL's warning size but under its error size: reduced right after
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 pil = Image.open(path)
-                full, scale = pil.size, _draft(pil) if reduce_large else 1
+                full, scale = pil.size, _draft(pil, max_side) if max_side else 1
                 pil.load()  # reads the pixels and, for a one-frame file, closes it
                 if exif_transpose:  # in place: a copy would double the peak of a large photo
                     ImageOps.exif_transpose(pil, in_place=True)
@@ -83,9 +87,9 @@ def _open(image: ImageLike, exif_transpose: bool, reduce_large: bool) -> Image.I
     raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image or a numpy array")
 
 
-def _draft(pil: Image.Image) -> int:
+def _draft(pil: Image.Image, max_side: int) -> int:
     """Ask a large JPEG to decode at 1/2, 1/4 or 1/8 scale (DCT scaling, no full-size buffer); the scale taken."""
-    factor = -(-max(pil.size) // MAX_SIDE)
+    factor = -(-max(pil.size) // max_side)
     if pil.format != "JPEG" or factor < 2:
         return 1
     pil.draft("RGB", (max(pil.width // factor, 1), max(pil.height // factor, 1)))

@@ -590,3 +590,22 @@ def test_unknown_words_are_counted_in_bench_rows(tmp_path, capsys):
     assert main([*argv, "--limit", "2", "--gallery", "0", "--out", str(tmp_path / "b"), "--no-progress"]) == 0
     total = json.loads((tmp_path / "b" / "summary.json").read_text())["total"]
     assert total["n"] == 2 and total["n_unknown_words"] == 0  # the shapes world's own words are known
+
+
+def test_large_images_are_reduced_only_past_what_the_model_can_use(loc, tiny_qwen_vlm):
+    """LLaVA sees 336 px, so a 3000-px image is halved on load (MAX_SIDE 2048); Qwen2.5-VL's processor would use a
+    12.8 M-pixel budget (a 3584-px square), so the same image reaches it whole."""
+    from localize.grounder import Localizer
+    from localize.images import original_size, reduced_by
+
+    wide = Image.new("RGB", (3000, 200), (20, 20, 20))
+    halved = loc.load_image(wide)
+    assert halved.size == (1500, 100) and reduced_by(halved) == 2 and original_size(halved) == (3000, 200)
+    qwen = Localizer(tiny_qwen_vlm, [(2, 1)])
+    size = qwen.vlm.processor.image_processor.size
+    budget = size.longest_edge
+    size.longest_edge = 12845056
+    try:
+        assert qwen.vlm.adapter.max_input_side == 3585 and reduced_by(qwen.load_image(wide)) == 1
+    finally:
+        size.longest_edge = budget

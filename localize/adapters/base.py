@@ -134,6 +134,12 @@ class Adapter(ABC):
         return int(vision.image_size) // int(vision.patch_size)
 
     @property
+    def max_input_side(self) -> int | None:
+        """The longest image side the processor can use at full resolution, where it exceeds the toolkit's
+        ``MAX_SIDE`` reduction (Qwen's pixel budget); None: the family's input is smaller than that."""
+        return None
+
+    @property
     def fixed_grid(self) -> tuple[int, int] | None:
         """(rows, cols) of the grid when it is the same for every image; None where it follows the image (Qwen)."""
         return None

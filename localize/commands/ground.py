@@ -64,16 +64,14 @@ def _report(localizer, image, groundings: list, out: str | None, viz: str | None
 
 def run(args: argparse.Namespace) -> int:
     """Ground the phrase(s) and print one line per result; write JSON / overlay when asked."""
-    from localize.images import load_image
-
+    if args.noun_chunks and len(args.phrases) != 1:
+        raise InputError("--noun-chunks takes one sentence")
     for path in (args.out, args.viz):
         if path:
             check_output(path)
-    image = load_image(args.image, reduce_large=True)
-    localizer = build_localizer(args)
+    localizer = build_localizer(args)  # first: how far a large image is reduced depends on the model
+    image = localizer.load_image(args.image)
     if args.noun_chunks:
-        if len(args.phrases) != 1:
-            raise InputError("--noun-chunks takes one sentence")
         groundings = localizer.ground_phrases(image, args.phrases[0])
     else:
         groundings = localizer.ground_many(image, args.phrases)
