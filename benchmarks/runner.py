@@ -242,7 +242,8 @@ def run_split(
     initial = len(entries) - len(pending)
     show = not config.no_progress and state.is_main_process
     with AppendLog(results) as writer, AppendLog(skipped_path) as skipped:
-        skipped.write(*dropped)
+        if dropped:
+            skipped.write(*dropped)
         with Progress(
             initial + sum(len(g) for g in groups), f"{dataset}/{split}", initial=initial, enabled=show
         ) as bar:

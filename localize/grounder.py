@@ -29,7 +29,9 @@ class Grounding:
     """One grounded phrase. Arrays are at the original image size; ``box`` is (x0, y0, x1, y1) in pixels.
 
     ``mask`` is SAM's when a refiner is set, else the attention mask (``attention_mask`` keeps the latter always).
-    ``maps`` holds the per-head grid maps ``[k, rows, cols]`` when asked for.
+    ``maps`` holds the per-head grid maps ``[k, rows, cols]`` when asked for. ``meta["unknown_words"]``: words the
+    tokenizer cannot read; for an image reduced on load (``meta["reduced_by"]``) the heatmap stays at the reduced
+    size, box and masks are in the original's pixels.
     """
 
     phrase: str

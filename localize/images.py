@@ -65,11 +65,11 @@ def _open(image: ImageLike, exif_transpose: bool, max_side: int | None) -> Image
             with warnings.catch_warnings():
                 if max_side:  # past PIL's warning size but under its error size: reduced right after
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                pil = Image.open(path)
-                full, scale = pil.size, _draft(pil, max_side) if max_side else 1
-                pil.load()  # reads the pixels and, for a one-frame file, closes it
-                if exif_transpose:  # in place: a copy would double the peak of a large photo
-                    ImageOps.exif_transpose(pil, in_place=True)
+                with Image.open(path) as pil:  # leaving closes the file only; the pixels stay
+                    full, scale = pil.size, _draft(pil, max_side) if max_side else 1
+                    pil.load()
+                    if exif_transpose:  # in place: a copy would double the peak of a large photo
+                        ImageOps.exif_transpose(pil, in_place=True)
                 if scale > 1:
                     turned = (pil.width > pil.height) != (full[0] > full[1])
                     pil.info.update({_REDUCED_BY: scale, _ORIGINAL_SIZE: full[::-1] if turned else full})

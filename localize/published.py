@@ -149,8 +149,8 @@ def _from_file(vlm: Any, heads_file: HeadsFile, label: str, own: bool = False) -
             f"the heads file {label} was found on a {heads_file.grid[0]}x{heads_file.grid[1]} image grid, but this "
             f"model's grid is {grid[0]}x{grid[1]}: another model; run `localize discover` on this one"
         )
-    names = {str(getattr(vlm, key, "") or "").rstrip("/") for key in ("spec", "source")}
-    if heads_file.model and not own and heads_file.model.rstrip("/") not in names:
+    names = {_identity(str(getattr(vlm, key, "") or "")) for key in ("spec", "source")}
+    if heads_file.model and not own and _identity(heads_file.model) not in names:
         warnings.warn(
             f"the heads file {label} was made for {heads_file.model}, and is used with {vlm.spec} (same family and "
             "shape); run `localize discover` on this model if it is not a copy of that one",
@@ -158,6 +158,11 @@ def _from_file(vlm: Any, heads_file: HeadsFile, label: str, own: bool = False) -
             stacklevel=3,
         )
     return heads
+
+
+def _identity(name: str) -> str:
+    """A model name to compare: a local folder by its real path (``./m`` and ``m`` are one), else as written."""
+    return os.path.realpath(name) if os.path.isdir(name) else name.rstrip("/")
 
 
 def load_heads_for(vlm: Any, heads: Any) -> ResolvedHeads:
