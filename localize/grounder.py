@@ -210,8 +210,8 @@ def _to_original(result: Grounding, factor: int, size: tuple[int, int]) -> Groun
 
 
 def _upsampled(small: np.ndarray, factor: int, size: tuple[int, int]) -> np.ndarray:
-    """``small`` with each pixel repeated ``factor`` times per axis, cut to ``size`` (w, h); built column-major, so
-    COCO RLE encodes it without another full-size copy."""
+    """``small`` with each pixel repeated ``factor`` times per axis, the last row and column stretched or cut to fill
+    ``size`` (w, h); built column-major, so COCO RLE encodes it without another full-size copy."""
 
     def repeats(n: int, total: int) -> np.ndarray:
         counts = np.full(n, factor)

@@ -13,8 +13,9 @@ from .errors import ImageError
 ImageLike = str | os.PathLike | Image.Image | np.ndarray
 
 # Grounding reduces images with a longer side by an integer factor on load: the model sees a few hundred pixels
-# (SAM 1024), and a 12000 x 12000 photo would otherwise cost gigabytes in the processor and the full-size maps.
-MAX_SIDE = 2048
+# (SAM resizes to 1024 itself; families whose processor takes more declare it: ``Adapter.max_input_side``), and a
+# 12000 x 12000 photo would otherwise cost gigabytes in the decoder, the processor and the full-size maps.
+MAX_SIDE = 1024
 _REDUCED_BY, _ORIGINAL_SIZE = "localize_reduced_by", "localize_original_size"
 
 
@@ -25,10 +26,10 @@ def load_image(
     ``exif_transpose=False``, as for dataset images whose annotations are in stored-pixel orientation).
 
     ``reduce_large``: an image whose longer side exceeds ``max_side`` (default ``MAX_SIDE``) comes back reduced by
-    an integer factor
-    that fits (a JPEG decoded at 1/2, 1/4 or 1/8 scale by ``Image.draft``, then ``Image.reduce``, box-averaged:
-    reduced pixel i covers original pixels [i r, (i + 1) r)); :func:`reduced_by` and :func:`original_size` tell
-    the factor and the size it had.
+    an integer factor that fits, box-averaged (reduced pixel i covers original pixels [i r, (i + 1) r)), without a
+    full-size buffer where the format allows: a JPEG decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``), a PNG or
+    TIFF shrunk while libvips streams it (pyvips); then ``Image.reduce``. :func:`reduced_by` and
+    :func:`original_size` tell the factor and the size it had.
     """
     limit = max_side or MAX_SIDE
     pil = _open(image, exif_transpose, limit if reduce_large else None)
@@ -67,6 +68,9 @@ def _open(image: ImageLike, exif_transpose: bool, max_side: int | None) -> Image
                     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(path) as pil:  # leaving closes the file only; the pixels stay
                     full, scale = pil.size, _draft(pil, max_side) if max_side else 1
+                    streamed = _streamed(path, pil, max_side) if max_side and scale == 1 else None
+                    if streamed is not None:
+                        return streamed
                     pil.load()
                     if exif_transpose:  # in place: a copy would double the peak of a large photo
                         ImageOps.exif_transpose(pil, in_place=True)
@@ -85,6 +89,34 @@ def _open(image: ImageLike, exif_transpose: bool, max_side: int | None) -> Image
     if isinstance(image, np.ndarray):
         return _array_to_pil(image)
     raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image or a numpy array")
+
+
+def _streamed(path: str, pil: Image.Image, max_side: int) -> Image.Image | None:
+    """A large non-JPEG file (PNG, TIFF, WebP) shrunk by an integer factor while libvips streams it (pyvips): PIL
+    would decode every pixel first (576 MB for 12000 x 12000). None when pyvips is absent, the file is small or
+    has an EXIF orientation or more than 8 bits (PIL's path applies the orientation and stretches 16-bit values)."""
+    factor = -(-max(pil.size) // max_side)
+    if factor < 2 or pil.mode not in ("RGB", "RGBA", "L", "LA", "P") or _may_be_rotated(pil):
+        return None
+    try:
+        import pyvips
+    except (ImportError, OSError):  # not installed, or libvips missing
+        return None
+    try:
+        array = pyvips.Image.new_from_file(path, access="sequential").shrink(factor, factor).numpy()
+    except pyvips.Error as err:
+        raise ImageError(f"cannot read image {path}: {' '.join(str(err).split())[:200]}") from None
+    small = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+    small.info.update({_REDUCED_BY: factor, _ORIGINAL_SIZE: pil.size})
+    return small
+
+
+def _may_be_rotated(pil: Image.Image) -> bool:
+    """Whether an opened, not yet loaded file may carry an EXIF orientation, judged from its header alone
+    (``getexif()`` would decode a PNG to look for an eXIf chunk after the pixels)."""
+    if pil.format == "TIFF":
+        return getattr(pil, "tag_v2", {}).get(0x0112, 1) != 1
+    return "exif" in pil.info
 
 
 def _draft(pil: Image.Image, max_side: int) -> int:

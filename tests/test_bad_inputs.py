@@ -593,14 +593,14 @@ def test_unknown_words_are_counted_in_bench_rows(tmp_path, capsys):
 
 
 def test_large_images_are_reduced_only_past_what_the_model_can_use(loc, tiny_qwen_vlm):
-    """LLaVA sees 336 px, so a 3000-px image is halved on load (MAX_SIDE 2048); Qwen2.5-VL's processor would use a
-    12.8 M-pixel budget (a 3584-px square), so the same image reaches it whole."""
+    """LLaVA sees 336 px, so a 3000-px image is reduced 3x on load (MAX_SIDE 1024); Qwen2.5-VL's processor would
+    use a 12.8 M-pixel budget (a 3584-px square), so the same image reaches it whole."""
     from localize.grounder import Localizer
     from localize.images import original_size, reduced_by
 
     wide = Image.new("RGB", (3000, 200), (20, 20, 20))
-    halved = loc.load_image(wide)
-    assert halved.size == (1500, 100) and reduced_by(halved) == 2 and original_size(halved) == (3000, 200)
+    reduced = loc.load_image(wide)
+    assert reduced.size == (1000, 67) and reduced_by(reduced) == 3 and original_size(reduced) == (3000, 200)
     qwen = Localizer(tiny_qwen_vlm, [(2, 1)])
     size = qwen.vlm.processor.image_processor.size
     budget = size.longest_edge

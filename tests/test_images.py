@@ -110,3 +110,27 @@ def test_urls_and_decompression_bombs_get_one_line_errors(tmp_path, monkeypatch)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL raises past twice the limit
     with pytest.raises(ImageError, match="more pixels than PIL opens safely"):
         load_image(path)
+
+
+@pytest.mark.parametrize("streamer", ["pyvips", "PIL only"])
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_large_files_are_reduced_on_load_by_an_integer_factor(tmp_path, monkeypatch, streamer, suffix):
+    """Reduced on load (a JPEG by DCT scaling, a PNG / TIFF streamed by libvips, or PIL's reduce without it): the
+    same factor and pixels either way, each reduced pixel the mean of its r x r block."""
+    import sys
+
+    from localize.images import original_size, reduced_by
+
+    if streamer == "PIL only":
+        monkeypatch.setitem(sys.modules, "pyvips", None)  # import pyvips -> ImportError
+    ramp = np.broadcast_to(np.arange(260, dtype=np.uint16)[None, :, None] % 250, (130, 260, 3)).astype(np.uint8)
+    path = tmp_path / f"wide{suffix}"
+    Image.fromarray(np.ascontiguousarray(ramp)).save(path, quality=95)
+    small = load_image(path, reduce_large=True, max_side=64)
+    factor = reduced_by(small)
+    assert original_size(small) == (260, 130) and factor >= 5 and max(small.size) <= 64
+    expected = ramp[: (130 // factor) * factor, : (260 // factor) * factor, 0].astype(float)
+    expected = expected.reshape(130 // factor, factor, 260 // factor, factor).mean(axis=(1, 3))
+    got = np.asarray(small, dtype=float)[: expected.shape[0], : expected.shape[1], 0]
+    assert np.abs(got - expected).max() <= (8 if suffix == ".jpg" else 1.01)
+    assert load_image(path).size == (260, 130)  # without reduce_large: the full image

@@ -20,6 +20,13 @@ class Mistral3Adapter(Adapter):
     vision_modules = ("vision_tower", "multi_modal_projector")
     description = "Mistral 3 (Pixtral + Mistral); aspect-kept resize to 28-px multiples; [IMG_BREAK] rows dropped"
 
+    @property
+    def max_input_side(self) -> int | None:
+        """Pixtral's longest edge (1540 px for Mistral Small 3.1): images up to it reach the model whole."""
+        size = getattr(self.processor.image_processor, "size", None) or {}
+        edge = size.get("longest_edge") if hasattr(size, "get") else getattr(size, "longest_edge", None)
+        return int(edge) if edge else None
+
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The whole image is resized onto the grid: one cell = ``image / grid`` pixels per axis."""
         step = int(self.processor.patch_size) * int(self.model.config.spatial_merge_size)

@@ -38,13 +38,14 @@ def build_localizer(args: argparse.Namespace):
 
 def _report(localizer, image, groundings: list, out: str | None, viz: str | None, source: str) -> dict[str, Any]:
     from localize.images import original_size, reduced_by
-    from localize.viz import render_gallery, render_overlay
 
     size = [int(v) for v in original_size(image)]
     result = {"image": source, "image_size": size, "results": [g.to_json() for g in groundings], **localizer.info()}
     if out:
         write_output(out, json.dumps(result, indent=2))
     if viz:
+        from localize.viz import render_gallery, render_overlay  # matplotlib: only when a figure is asked for
+
         factor = reduced_by(image)  # an image reduced on load is drawn at the size the heatmap has
         items = [
             {"image": image, "heatmap": g.heatmap, "box": tuple(v / factor for v in g.box),
