@@ -215,12 +215,16 @@ def _dropped_rows(source: Any, dataset: str, split: str, known: dict[str, dict])
     """Skip rows for what the source dropped while reading (a ref whose image is not in instances.json, a bad
     bbox...), so that the summary counts them; none already on disk."""
     rows = []
-    for number, problem in enumerate(getattr(source, "problems", [])):
-        sample_id = f"{dataset}/{split}/dropped#{number}"
+    for sample_id, problem in zip(_dropped_ids(source, dataset, split), getattr(source, "problems", [])):
         if sample_id not in known:
             rows.append({"id": sample_id, "index": -1, "dataset": dataset, "split": split, "image": None,
                          "reason": f"dropped while reading: {problem}"})  # fmt: skip
     return rows
+
+
+def _dropped_ids(source: Any, dataset: str, split: str) -> list[str]:
+    """The skip-row ids of what ``source`` dropped while reading, one per problem it reports."""
+    return [f"{dataset}/{split}/dropped#{n}" for n in range(len(getattr(source, "problems", [])))]
 
 
 def run_split(
@@ -254,8 +258,8 @@ def run_split(
                         _count(rec, res, row)
                         bar.note(_postfix(rec, res))
                     bar.advance()
-    problems = {f"{dataset}/{split}/dropped#{n}" for n in range(len(getattr(source, "problems", [])))}
-    return {e.sample_id: e.index for e in entries if e.reason is None}, {e.sample_id for e in entries} | problems
+    asked = {e.sample_id for e in entries} | set(_dropped_ids(source, dataset, split))
+    return {e.sample_id: e.index for e in entries if e.reason is None}, asked
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------

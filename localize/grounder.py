@@ -88,7 +88,7 @@ class Localizer:
 
     def ground(self, image: ImageLike, phrase: str, *, return_maps: bool = False) -> Grounding:
         """Ground one phrase in one image."""
-        return self.ground_many(image, check_phrases([phrase]), return_maps=return_maps)[0]
+        return self.ground_many(image, [phrase], return_maps=return_maps)[0]
 
     def ground_many(self, image: ImageLike, phrases: Sequence[str], *, return_maps: bool = False) -> list[Grounding]:
         """Ground several phrases in one image: the image prefix and the SAM embedding are computed once."""

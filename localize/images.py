@@ -37,12 +37,17 @@ def load_image(
         raise ImageError(f"empty image of size {pil.width}x{pil.height}")
     drafted, size = reduced_by(pil), original_size(pil)
     pil = _to_rgb(pil)
-    rest = -(-max(size) // (limit * drafted)) if reduce_large else 1
+    rest = _factor(size, limit * drafted) if reduce_large else 1
     if rest > 1:
         pil = pil.reduce(rest)
     if drafted * rest > 1:
         pil.info.update({_REDUCED_BY: drafted * rest, _ORIGINAL_SIZE: size})
     return pil
+
+
+def _factor(size: tuple[int, int], max_side: int) -> int:
+    """The smallest integer factor that brings the longer side of ``size`` to ``max_side`` or below."""
+    return -(-max(size) // max_side)
 
 
 def reduced_by(image: Image.Image) -> int:
@@ -95,7 +100,7 @@ def _streamed(path: str, pil: Image.Image, max_side: int) -> Image.Image | None:
     """A large non-JPEG file (PNG, TIFF, WebP) shrunk by an integer factor while libvips streams it (pyvips): PIL
     would decode every pixel first (576 MB for 12000 x 12000). None when pyvips is absent, the file is small or
     has an EXIF orientation or more than 8 bits (PIL's path applies the orientation and stretches 16-bit values)."""
-    factor = -(-max(pil.size) // max_side)
+    factor = _factor(pil.size, max_side)
     if factor < 2 or pil.mode not in ("RGB", "RGBA", "L", "LA", "P") or _may_be_rotated(pil):
         return None
     try:
@@ -121,7 +126,7 @@ def _may_be_rotated(pil: Image.Image) -> bool:
 
 def _draft(pil: Image.Image, max_side: int) -> int:
     """Ask a large JPEG to decode at 1/2, 1/4 or 1/8 scale (DCT scaling, no full-size buffer); the scale taken."""
-    factor = -(-max(pil.size) // max_side)
+    factor = _factor(pil.size, max_side)
     if pil.format != "JPEG" or factor < 2:
         return 1
     pil.draft("RGB", (max(pil.width // factor, 1), max(pil.height // factor, 1)))

@@ -10,6 +10,7 @@ result manifests.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,7 @@ def stored_parameters(files: list[Path]) -> int:
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as handle:
-                for key in handle.keys():
-                    shape = handle.get_slice(key).get_shape()
-                    count = 1
-                    for side in shape:
-                        count *= int(side)
-                    total += count
+                total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
         except Exception as err:  # safetensors raises its own error types for a torn or foreign file
             raise UnknownModelError(
                 f"weights file {path} cannot be read ({err}); is it truncated? download it again"

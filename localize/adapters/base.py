@@ -133,6 +133,12 @@ class Adapter(ABC):
         vision = self.model.config.vision_config
         return int(vision.image_size) // int(vision.patch_size)
 
+    def image_size_setting(self, key: str) -> int | None:
+        """One entry of the image processor's ``size`` (a dict or a ``SizeDict``), e.g. ``"longest_edge"``."""
+        size = getattr(self.processor.image_processor, "size", None) or {}
+        value = size.get(key) if hasattr(size, "get") else getattr(size, key, None)
+        return int(value) if value else None
+
     @property
     def max_input_side(self) -> int | None:
         """The longest image side the processor can use at full resolution, where it exceeds the toolkit's

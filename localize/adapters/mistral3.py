@@ -23,9 +23,7 @@ class Mistral3Adapter(Adapter):
     @property
     def max_input_side(self) -> int | None:
         """Pixtral's longest edge (1540 px for Mistral Small 3.1): images up to it reach the model whole."""
-        size = getattr(self.processor.image_processor, "size", None) or {}
-        edge = size.get("longest_edge") if hasattr(size, "get") else getattr(size, "longest_edge", None)
-        return int(edge) if edge else None
+        return self.image_size_setting("longest_edge")
 
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The whole image is resized onto the grid: one cell = ``image / grid`` pixels per axis."""

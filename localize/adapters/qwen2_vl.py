@@ -29,9 +29,8 @@ class Qwen2VLAdapter(Adapter):
     def max_input_side(self) -> int | None:
         """The side of a square holding the processor's pixel budget (``size["longest_edge"]``, a pixel count:
         3584 for Qwen2.5-VL's 12.8 M), so that reducing a large image on load never costs the model tokens."""
-        size = getattr(self.processor.image_processor, "size", None) or {}
-        budget = size.get("longest_edge") if hasattr(size, "get") else getattr(size, "longest_edge", None)
-        return math.isqrt(int(budget)) + 1 if budget else None
+        budget = self.image_size_setting("longest_edge")
+        return math.isqrt(budget) + 1 if budget else None
 
     def geometry(self, image_size: tuple[int, int], inputs: dict[str, torch.Tensor], index: int) -> GridGeometry:
         """The processor resizes the whole image (no pad, no crop) to the grid's pixel size."""

@@ -32,6 +32,18 @@ def _qwen2_text(tokenizer, hidden: int, layers: int, heads: int, kv_heads: int) 
     )  # fmt: skip
 
 
+def _qwen2_processor(processor_class: type, tokenizer, min_pixels: int, max_pixels: int):
+    """A Qwen2-VL / Qwen2.5-VL processor: 14-px patches merged 2 x 2, the pixel budget given."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+    )
+    return processor_class(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
+    )
+
+
 def tiny_qwen2_vl(
     *,
     words: Iterable[str] = DEFAULT_WORDS,
@@ -48,9 +60,7 @@ def tiny_qwen2_vl(
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
-        Qwen2VLImageProcessor,
         Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
     )
 
     tokenizer = qwen_tokenizer(words)
@@ -63,13 +73,7 @@ def tiny_qwen2_vl(
     )  # fmt: skip
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    image_processor = Qwen2VLImageProcessor(
-        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
-    )
-    processor = Qwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
-    )
-    return model, processor
+    return model, _qwen2_processor(Qwen2VLProcessor, tokenizer, min_pixels, max_pixels)
 
 
 def tiny_qwen2_5_vl(
@@ -90,8 +94,6 @@ def tiny_qwen2_5_vl(
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
         Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLVideoProcessor,
     )
 
     tokenizer = qwen_tokenizer(words)
@@ -112,13 +114,7 @@ def tiny_qwen2_5_vl(
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    image_processor = Qwen2VLImageProcessor(
-        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
-    )
-    processor = Qwen2_5_VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor()
-    )
-    return model, processor
+    return model, _qwen2_processor(Qwen2_5_VLProcessor, tokenizer, min_pixels, max_pixels)
 
 
 def tiny_qwen3_vl(
