@@ -211,16 +211,31 @@ def _to_original(result: Grounding, factor: int, size: tuple[int, int]) -> Groun
 
 def _upsampled(small: np.ndarray, factor: int, size: tuple[int, int]) -> np.ndarray:
     """``small`` with each pixel repeated ``factor`` times per axis, the last row and column stretched or cut to fill
-    ``size`` (w, h); built column-major, so COCO RLE encodes it without another full-size copy."""
-
-    def repeats(n: int, total: int) -> np.ndarray:
-        counts = np.full(n, factor)
-        counts[-1] = total - factor * (n - 1)
-        return counts
-
+    ``size`` (w, h). Column-major, so COCO RLE encodes it without a copy; only the box around ``small``'s pixels is
+    written, so the rest of the array stays unallocated zero pages (a 12000² mask costs its object's columns)."""
     width, height = size
-    columns = np.repeat(small.T, repeats(small.shape[1], width), axis=0)
-    return np.repeat(columns, repeats(small.shape[0], height), axis=1).T
+    full = np.zeros((height, width), dtype=bool, order="F")
+    rows, cols = np.flatnonzero(small.any(axis=1)), np.flatnonzero(small.any(axis=0))
+    if rows.size == 0:
+        return full
+    (r0, r1), (c0, c1) = (rows[0], rows[-1] + 1), (cols[0], cols[-1] + 1)
+    row_counts, col_counts = (
+        _repeat_counts(small.shape[0], factor, height),
+        _repeat_counts(small.shape[1], factor, width),
+    )
+    y0, x0 = r0 * factor, c0 * factor
+    y1, x1 = y0 + int(row_counts[r0:r1].sum()), x0 + int(col_counts[c0:c1].sum())
+    region = np.repeat(np.repeat(small[r0:r1, c0:c1], row_counts[r0:r1], axis=0), col_counts[c0:c1], axis=1)
+    full[y0:y1, x0:x1] = region
+    return full
+
+
+def _repeat_counts(n: int, factor: int, total: int) -> np.ndarray:
+    """How often each of ``n`` small pixels repeats along an axis of ``total`` pixels: ``factor``, the last one
+    stretched or cut to fill."""
+    counts = np.full(n, factor)
+    counts[-1] = total - factor * (n - 1)
+    return counts
 
 
 def unknown_words(tokenizer: Any, phrase: str) -> list[str]:

@@ -112,6 +112,27 @@ def test_a_very_large_image_is_reduced_early_and_grounded_in_its_own_pixels(file
     assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 80
 
 
+@pytest.mark.parametrize("size", [(100, 80), (105, 86), (92, 75)], ids=["exact", "stretched", "cut"])
+@pytest.mark.parametrize("where", ["corner", "middle", "empty", "full"])
+def test_masks_of_reduced_images_are_repeated_back_to_full_size(size, where):
+    """The full-size mask of a reduced image equals plain repetition (the last row / column stretched or cut), is
+    column-major (RLE needs no copy) and is written only around the mask's pixels."""
+    from localize.grounder import _upsampled
+
+    small = np.zeros((8, 10), bool)
+    if where == "corner":
+        small[6:, 7:] = True
+    elif where == "middle":
+        small[2:5, 3:6] = np.random.default_rng(0).random((3, 3)) > 0.3
+    elif where == "full":
+        small[:] = True
+    width, height = size
+    rows, cols = np.minimum(np.arange(height) // 10, 7), np.minimum(np.arange(width) // 10, 9)
+    full = _upsampled(small, 10, size)
+    assert full.shape == (height, width) and full.flags.f_contiguous
+    np.testing.assert_array_equal(full, small[rows][:, cols])
+
+
 # -- CLI: phrases ---------------------------------------------------------------------------------------------
 
 
