@@ -115,12 +115,42 @@ def tiny_paligemma2_vlm():
     return VLM(*tiny_paligemma(version=2))
 
 
+@pytest.fixture(scope="session")
+def tiny_llava_next_vlm():
+    """A tiny LLaVA-NeXT (48-px tiles of 6x6 patches, LLaVA-1.6's pinpoints in tiles) wrapped in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_llava_next
+
+    return VLM(*tiny_llava_next())
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_onevision_vlm():
+    """A tiny LLaVA-OneVision (SigLIP, 48-px tiles, 1-6 tiles a side, downsampled past 9 tiles) in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_llava_onevision
+
+    return VLM(*tiny_llava_onevision())
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl_vlm():
+    """A tiny InternVL (96-px tiles of 6x6 tokens after pixel shuffle, up to 6 tiles + thumbnail) in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_internvl
+
+    return VLM(*tiny_internvl())
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
+    "llava_next": "tiny_llava_next_vlm",
+    "llava_onevision": "tiny_llava_onevision_vlm",
     "qwen2_vl": "tiny_qwen2_vlm",
     "qwen2_5_vl": "tiny_qwen_vlm",
     "qwen3_vl": "tiny_qwen3_vlm",
     "glm4v": "tiny_glm4v_vlm",
+    "internvl": "tiny_internvl_vlm",
     "deepseek_vl": "tiny_deepseek_vlm",
     "deepseek_vl_hybrid": "tiny_deepseek_hybrid_vlm",
     "mistral3": "tiny_mistral3_vlm",

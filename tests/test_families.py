@@ -14,10 +14,13 @@ from localize.headsfile import load_heads
 
 FAMILIES = {  # conftest.FAMILY_FIXTURES' families: builder and its options
     "llava": ("tiny_llava", {}),
+    "llava_next": ("tiny_llava_next", {}),
+    "llava_onevision": ("tiny_llava_onevision", {}),
     "qwen2_vl": ("tiny_qwen2_vl", {}),
     "qwen2_5_vl": ("tiny_qwen2_5_vl", {}),
     "qwen3_vl": ("tiny_qwen3_vl", {}),
     "glm4v": ("tiny_glm4v", {}),
+    "internvl": ("tiny_internvl", {}),
     "deepseek_vl": ("tiny_deepseek_vl", {}),
     "deepseek_vl_hybrid": ("tiny_deepseek_vl_hybrid", {}),
     "mistral3": ("tiny_mistral3", {}),

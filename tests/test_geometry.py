@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+import torch
+from PIL import Image, ImageDraw
 
 from localize.geometry import GridGeometry
 from localize.models import VLM
@@ -196,3 +197,125 @@ def test_to_image_drops_padding_and_keeps_blocks():
     assert image.shape == (4, 8)
     np.testing.assert_array_equal(image[0, ::2], grid[1])  # row 1 is the first visible row
     np.testing.assert_array_equal(image[3, ::2], grid[2])
+
+
+def _packed_cell_means(vlm, batch, cells: int, cell: int) -> np.ndarray:
+    """Each LLaVA-NeXT / OneVision token's decoded source pixels: every tile's per-patch means laid out by the
+    model's own ``pack_image_features`` (base view first, then the unpadded, possibly downsampled, hi-res grid,
+    row-major, no newlines)."""
+    tiles = batch.inputs["pixel_values"][0].numpy()
+    means = np.stack([_cell_means(tile, vlm, cells, cells, cell).reshape(cells * cells, 3) for tile in tiles])
+    features, sizes, model = [torch.from_numpy(means).float()], batch.inputs["image_sizes"], vlm.model.model
+    if vlm.adapter.family == "llava_onevision":
+        packed, _ = model.pack_image_features(features, sizes, None, vlm.model.config.vision_aspect_ratio)
+    else:
+        packed, _ = model.pack_image_features(features, sizes, "default", image_newline=None)
+    return packed[0].numpy()  # one image
+
+
+def _rectangle_image(width: int, height: int, box: tuple[int, int, int, int]) -> Image.Image:
+    image = Image.new("RGB", (width, height), (40, 40, 40))
+    ImageDraw.Draw(image).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=(250, 40, 40))
+    return image
+
+
+def _rectangle_round_trip(geometry: GridGeometry, red: np.ndarray, box: tuple[int, int, int, int]) -> None:
+    """The cells whose processed pixels are mostly the rectangle, mapped back through ``geometry``, give the
+    rectangle's box to within one cell on every side."""
+    rows, cols = np.nonzero(red > 145)  # over half the cell is the rectangle (40 outside, 250 inside)
+    found = (
+        geometry.cell_box(0, cols.min())[0],
+        geometry.cell_box(rows.min(), 0)[1],
+        geometry.cell_box(0, cols.max())[2],
+        geometry.cell_box(rows.max(), 0)[3],
+    )
+    limits = (geometry.x_scale, geometry.y_scale) * 2
+    assert all(abs(f - b) <= limit for f, b, limit in zip(found, box, limits)), (found, box)
+
+
+# Tilings (rows x cols of tiles) LLaVA-NeXT picks: 2x2 (wide, small square, near-square), 3x1 (tall), 1x3 (wide),
+# 1x2, 2x1; OneVision (1-6 tiles a side, downsampled past 9 tiles of cells): 3x5, 6x3, 5x5 and 3x6 among them.
+TILED_SIZES = [(200, 120), (60, 60), (130, 110), (90, 181), (30, 200), (250, 40), (100, 50), (50, 100), (250, 240)]
+TILED_RECTANGLES = {
+    "wide": ((200, 120), (70, 30, 140, 95)),
+    "tall": ((90, 181), (20, 40, 70, 140)),
+    "very wide": ((250, 40), (60, 5, 140, 35)),
+    "2:1": ((100, 50), (30, 10, 75, 45)),
+    "large": ((250, 240), (40, 90, 200, 160)),
+}
+
+
+@pytest.mark.parametrize("family", ["tiny_llava_next_vlm", "tiny_llava_onevision_vlm"])
+@pytest.mark.parametrize("size", TILED_SIZES)
+def test_llava_next_views_map_to_their_source_region(request, family, size):
+    """LLaVA-NeXT / OneVision: both views' cells against the pixels the real processor gave each token (the
+    model's own packing, unpadding and downsampling), on images that pick different pinpoints."""
+    vlm = request.getfixturevalue(family)
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    hires, base = batch.views[0]
+    packed = _packed_cell_means(vlm, batch, cells=6, cell=8)
+    assert len(packed) == 36 + hires.geometry.rows * hires.geometry.cols
+    hires_means = packed[36:].reshape(hires.geometry.rows, hires.geometry.cols, 3)
+    assert _check_cells(hires.geometry, hires_means, width, height) >= hires.geometry.rows * hires.geometry.cols // 4
+    assert _check_cells(base.geometry, packed[:36].reshape(6, 6, 3), width, height) >= 4
+
+
+@pytest.mark.parametrize("family", ["tiny_llava_next_vlm", "tiny_llava_onevision_vlm"])
+@pytest.mark.parametrize("case", list(TILED_RECTANGLES))
+def test_llava_next_rectangle_across_a_tile_border_round_trips(request, family, case):
+    """A rectangle crossing tile borders comes back within one cell from the hi-res cells that show it."""
+    vlm = request.getfixturevalue(family)
+    size, box = TILED_RECTANGLES[case]
+    batch = vlm.adapter.prepare([_rectangle_image(*size, box)], ["the dog"])
+    hires = batch.views[0][0].geometry
+    packed = _packed_cell_means(vlm, batch, cells=6, cell=8)
+    _rectangle_round_trip(hires, packed[36:, 0].reshape(hires.rows, hires.cols), box)
+
+
+def _view_means(sequence_positions: torch.Tensor, token_means: np.ndarray, view) -> np.ndarray:
+    """``[rows, cols, 3]`` means of ``view``'s cells, from ``token_means`` given in sequence order of the image
+    tokens at ``sequence_positions`` (how the model scatters its features)."""
+    index = torch.searchsorted(sequence_positions, view.positions).numpy()
+    return token_means[index].reshape(view.geometry.rows, view.geometry.cols, 3)
+
+
+def _internvl_token_means(vlm, batch) -> tuple[torch.Tensor, np.ndarray]:
+    """Each InternVL image token's decoded source pixels: per-patch means of every tile through the model's own
+    ``pixel_shuffle`` (the 2 x 2 patches of a token averaged), tiles in the order the model scatters them."""
+    tiles = batch.inputs["pixel_values"].numpy()
+    patches = vlm.model.config.vision_config.image_size[0] // vlm.model.config.vision_config.patch_size[0]
+    cell = tiles.shape[-1] // patches
+    means = np.stack([_cell_means(tile, vlm, patches, patches, cell) for tile in tiles])  # [tiles, p, p, 3]
+    shuffled = vlm.model.model.pixel_shuffle(torch.from_numpy(np.ascontiguousarray(means)).float(), scale_factor=0.5)
+    tokens = shuffled.reshape(len(tiles), -1, 4, 3).mean(2).reshape(-1, 3).numpy()
+    return vlm.adapter.image_token_positions(batch.inputs, 0), tokens
+
+
+INTERNVL_SIZES = [(200, 120), (90, 181), (60, 60), (250, 40), (40, 230), (150, 150)]  # 2x3, 2x1, 1, 1x6, 6x1, 2x2
+
+
+@pytest.mark.parametrize("size", INTERNVL_SIZES)
+def test_internvl_views_map_to_their_source_region(tiny_internvl_vlm, size):
+    """InternVL: the stitched tiles and the thumbnail against the pixels the real processor gave each token (the
+    model's own pixel shuffle, tokens in the order the model scatters them)."""
+    vlm = tiny_internvl_vlm
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    positions, tokens = _internvl_token_means(vlm, batch)
+    views = batch.views[0]
+    assert [v.name for v in views] == (["tiles"] if len(batch.inputs["pixel_values"]) == 1 else ["tiles", "thumbnail"])
+    for view in views:
+        means = _view_means(positions, tokens, view)
+        assert _check_cells(view.geometry, means, width, height) >= view.geometry.rows * view.geometry.cols // 4
+
+
+@pytest.mark.parametrize("case", list(TILED_RECTANGLES))
+def test_internvl_rectangle_across_a_tile_border_round_trips(tiny_internvl_vlm, case):
+    """A rectangle crossing tile borders comes back within one cell from the stitched cells that show it."""
+    vlm = tiny_internvl_vlm
+    size, box = TILED_RECTANGLES[case]
+    batch = vlm.adapter.prepare([_rectangle_image(*size, box)], ["the dog"])
+    positions, tokens = _internvl_token_means(vlm, batch)
+    tiles = batch.views[0][0]
+    _rectangle_round_trip(tiles.geometry, _view_means(positions, tokens, tiles)[..., 0], box)

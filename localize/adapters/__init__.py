@@ -7,17 +7,22 @@ from .base import Adapter, ImageView, PreparedBatch
 from .deepseek_vl import DeepseekVLAdapter, DeepseekVLHybridAdapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm4vAdapter
+from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter,
+    LlavaNextAdapter,
+    LlavaOnevisionAdapter,
     Qwen2VLAdapter,
     Glm4vAdapter,
     DeepseekVLAdapter,
     DeepseekVLHybridAdapter,
+    InternVLAdapter,
     Mistral3Adapter,
     PaliGemmaAdapter,
     Gemma3Adapter,
@@ -47,7 +52,10 @@ __all__ = [
     "Gemma3Adapter",
     "Glm4vAdapter",
     "ImageView",
+    "InternVLAdapter",
     "LlavaAdapter",
+    "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "Mistral3Adapter",
     "PaliGemmaAdapter",
     "PreparedBatch",

@@ -8,7 +8,9 @@ and built programmatically, image processors are constructed from their settings
 from .deepseek_vl import tiny_deepseek_vl, tiny_deepseek_vl_hybrid
 from .gemma3 import tiny_gemma3
 from .glm4v import tiny_glm4v
+from .internvl import tiny_internvl
 from .llava import tiny_llava
+from .llava_next import tiny_llava_next, tiny_llava_onevision
 from .mistral3 import tiny_mistral3
 from .paligemma import tiny_paligemma
 from .qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
@@ -22,7 +24,10 @@ __all__ = [
     "tiny_deepseek_vl_hybrid",
     "tiny_gemma3",
     "tiny_glm4v",
+    "tiny_internvl",
     "tiny_llava",
+    "tiny_llava_next",
+    "tiny_llava_onevision",
     "tiny_mistral3",
     "tiny_paligemma",
     "tiny_qwen2_5_vl",

@@ -1,0 +1,86 @@
+"""A random-weight InternVL (InternViT-style tower, pixel shuffle, Qwen2 LM) and its processor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, word_tokenizer
+
+INTERNVL_MARKERS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
+
+
+def tiny_internvl(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    image_size: int = 96,
+    patch_size: int = 8,
+    vision_hidden: int = 32,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    max_patches: int = 6,
+    seed: int = 0,
+):
+    """A random-weight ``InternVLForConditionalGeneration`` and its ``InternVLProcessor``: ``image_size``-pixel
+    tiles of ``(image_size / patch_size / 2)^2`` tokens, 1 to ``max_patches`` tiles plus a thumbnail."""
+    from transformers import (
+        GotOcr2ImageProcessor,
+        InternVLConfig,
+        InternVLForConditionalGeneration,
+        InternVLProcessor,
+        InternVLVideoProcessor,
+        InternVLVisionConfig,
+        Qwen2Config,
+    )
+
+    specials = (*LLAVA_SPECIALS, *INTERNVL_MARKERS.values(), "<video>")
+    tokenizer = word_tokenizer(
+        words, specials, eos_token="</s>", extra_special_tokens={**INTERNVL_MARKERS, "video_token": "<video>"}
+    )
+    vision = InternVLVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=[image_size, image_size],
+        patch_size=[patch_size, patch_size],
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=8192,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    per_tile = (image_size // patch_size // 2) ** 2
+    config = InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=per_tile,
+        downsample_ratio=0.5,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(seed)
+    model = InternVLForConditionalGeneration(config).eval()
+    image_processor = GotOcr2ImageProcessor(
+        size={"height": image_size, "width": image_size},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=max_patches,
+    )
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=InternVLVideoProcessor(size={"height": image_size, "width": image_size}),
+        image_seq_length=per_tile,
+    )
+    return model, processor
