@@ -142,6 +142,24 @@ def tiny_internvl_vlm():
     return VLM(*tiny_internvl())
 
 
+@pytest.fixture(scope="session")
+def tiny_idefics3_vlm():
+    """A tiny Idefics3 (96-px tiles of 6x6 tokens after the 2x pixel shuffle, longest edge 4 tiles) in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_idefics3
+
+    return VLM(*tiny_idefics3())
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm_vlm():
+    """A tiny SmolVLM (Idefics3's layout, SmolVLM's processor and model classes) in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_idefics3
+
+    return VLM(*tiny_idefics3(smolvlm=True))
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
     "llava_next": "tiny_llava_next_vlm",
@@ -151,6 +169,8 @@ FAMILY_FIXTURES = {
     "qwen3_vl": "tiny_qwen3_vlm",
     "glm4v": "tiny_glm4v_vlm",
     "internvl": "tiny_internvl_vlm",
+    "idefics3": "tiny_idefics3_vlm",
+    "smolvlm": "tiny_smolvlm_vlm",
     "deepseek_vl": "tiny_deepseek_vlm",
     "deepseek_vl_hybrid": "tiny_deepseek_hybrid_vlm",
     "mistral3": "tiny_mistral3_vlm",

@@ -319,3 +319,57 @@ def test_internvl_rectangle_across_a_tile_border_round_trips(tiny_internvl_vlm, 
     positions, tokens = _internvl_token_means(vlm, batch)
     tiles = batch.views[0][0]
     _rectangle_round_trip(tiles.geometry, _view_means(positions, tokens, tiles)[..., 0], box)
+
+
+def _idefics3_token_means(vlm, batch) -> tuple[torch.Tensor, np.ndarray]:
+    """Each Idefics3 / SmolVLM image token's decoded source pixels: per-patch means of every tile (the global
+    view last) through the connector's own ``pixel_shuffle``, in the order the model scatters them."""
+    tiles = batch.inputs["pixel_values"][0].numpy()
+    patches = vlm.model.config.vision_config.image_size // vlm.model.config.vision_config.patch_size
+    cell = tiles.shape[-1] // patches
+    means = np.stack([_cell_means(tile, vlm, patches, patches, cell).reshape(-1, 3) for tile in tiles])
+    shuffled = vlm.model.model.connector.pixel_shuffle(torch.from_numpy(np.ascontiguousarray(means)).float(), 2)
+    tokens = shuffled.reshape(len(tiles), -1, 4, 3).mean(2).reshape(-1, 3).numpy()
+    return vlm.adapter.image_token_positions(batch.inputs, 0), tokens
+
+
+@pytest.mark.parametrize("family", ["tiny_idefics3_vlm", "tiny_smolvlm_vlm"])
+@pytest.mark.parametrize("size", [(200, 120), (90, 181), (60, 60), (250, 40), (150, 100)])  # 3x4, 4x2, 4x4, 1x4, 3x4
+def test_idefics3_views_map_to_their_source_region(request, family, size):
+    """Idefics3 / SmolVLM: the stitched tiles (rows and columns read from the <row_i_col_j> markers) and the
+    global view against the pixels the real processor gave each token."""
+    vlm = request.getfixturevalue(family)
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    positions, tokens = _idefics3_token_means(vlm, batch)
+    views = batch.views[0]
+    assert [v.name for v in views] == ["tiles", "global"]
+    for view in views:
+        means = _view_means(positions, tokens, view)
+        assert _check_cells(view.geometry, means, width, height) >= view.geometry.rows * view.geometry.cols // 4
+
+
+def test_idefics3_an_unsplit_image_grounds_on_its_global_view(tiny_idefics3_vlm):
+    """With splitting off the block is the global view alone, and it grounds."""
+    vlm = tiny_idefics3_vlm
+    processor = vlm.processor.image_processor
+    processor.do_image_splitting = False
+    try:
+        batch = vlm.adapter.prepare([_coordinate_image(200, 120)], ["the dog"])
+    finally:
+        processor.do_image_splitting = True
+    (view,) = batch.views[0]
+    positions, tokens = _idefics3_token_means(vlm, batch)
+    assert view.name == "global" and batch.geometries[0] == view.geometry
+    assert _check_cells(view.geometry, _view_means(positions, tokens, view), 200, 120) >= 9
+
+
+@pytest.mark.parametrize("case", list(TILED_RECTANGLES))
+def test_idefics3_rectangle_across_a_tile_border_round_trips(tiny_idefics3_vlm, case):
+    """A rectangle crossing tile borders comes back within one cell from the stitched cells that show it."""
+    vlm = tiny_idefics3_vlm
+    size, box = TILED_RECTANGLES[case]
+    batch = vlm.adapter.prepare([_rectangle_image(*size, box)], ["the dog"])
+    positions, tokens = _idefics3_token_means(vlm, batch)
+    tiles = batch.views[0][0]
+    _rectangle_round_trip(tiles.geometry, _view_means(positions, tokens, tiles)[..., 0], box)

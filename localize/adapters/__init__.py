@@ -7,6 +7,7 @@ from .base import Adapter, ImageView, PreparedBatch
 from .deepseek_vl import DeepseekVLAdapter, DeepseekVLHybridAdapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm4vAdapter
+from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
@@ -23,6 +24,8 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     DeepseekVLAdapter,
     DeepseekVLHybridAdapter,
     InternVLAdapter,
+    Idefics3Adapter,
+    SmolVLMAdapter,
     Mistral3Adapter,
     PaliGemmaAdapter,
     Gemma3Adapter,
@@ -51,6 +54,7 @@ __all__ = [
     "DeepseekVLHybridAdapter",
     "Gemma3Adapter",
     "Glm4vAdapter",
+    "Idefics3Adapter",
     "ImageView",
     "InternVLAdapter",
     "LlavaAdapter",
@@ -60,6 +64,7 @@ __all__ = [
     "PaliGemmaAdapter",
     "PreparedBatch",
     "Qwen2VLAdapter",
+    "SmolVLMAdapter",
     "adapter_for",
     "supported_model_types",
 ]

@@ -8,6 +8,7 @@ and built programmatically, image processors are constructed from their settings
 from .deepseek_vl import tiny_deepseek_vl, tiny_deepseek_vl_hybrid
 from .gemma3 import tiny_gemma3
 from .glm4v import tiny_glm4v
+from .idefics3 import tiny_idefics3
 from .internvl import tiny_internvl
 from .llava import tiny_llava
 from .llava_next import tiny_llava_next, tiny_llava_onevision
@@ -24,6 +25,7 @@ __all__ = [
     "tiny_deepseek_vl_hybrid",
     "tiny_gemma3",
     "tiny_glm4v",
+    "tiny_idefics3",
     "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
