@@ -160,6 +160,15 @@ def tiny_smolvlm_vlm():
     return VLM(*tiny_idefics3(smolvlm=True))
 
 
+@pytest.fixture(scope="session")
+def tiny_aya_vision_vlm():
+    """A tiny Aya Vision (InternVL-style 96-px tiles with TILE markers, Cohere2 LM with 64-token sliding windows)."""
+    from localize.models import VLM
+    from localize.testing import tiny_aya_vision
+
+    return VLM(*tiny_aya_vision())
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
     "llava_next": "tiny_llava_next_vlm",
@@ -169,6 +178,7 @@ FAMILY_FIXTURES = {
     "qwen3_vl": "tiny_qwen3_vlm",
     "glm4v": "tiny_glm4v_vlm",
     "internvl": "tiny_internvl_vlm",
+    "aya_vision": "tiny_aya_vision_vlm",
     "idefics3": "tiny_idefics3_vlm",
     "smolvlm": "tiny_smolvlm_vlm",
     "deepseek_vl": "tiny_deepseek_vlm",

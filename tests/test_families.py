@@ -21,6 +21,7 @@ FAMILIES = {  # conftest.FAMILY_FIXTURES' families: builder and its options
     "qwen3_vl": ("tiny_qwen3_vl", {}),
     "glm4v": ("tiny_glm4v", {}),
     "internvl": ("tiny_internvl", {}),
+    "aya_vision": ("tiny_aya_vision", {}),
     "idefics3": ("tiny_idefics3", {}),
     "smolvlm": ("tiny_idefics3", {"smolvlm": True}),
     "deepseek_vl": ("tiny_deepseek_vl", {}),

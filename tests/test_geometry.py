@@ -281,39 +281,51 @@ def _view_means(sequence_positions: torch.Tensor, token_means: np.ndarray, view)
 
 
 def _internvl_token_means(vlm, batch) -> tuple[torch.Tensor, np.ndarray]:
-    """Each InternVL image token's decoded source pixels: per-patch means of every tile through the model's own
-    ``pixel_shuffle`` (the 2 x 2 patches of a token averaged), tiles in the order the model scatters them."""
+    """Each InternVL / Aya Vision image token's decoded source pixels: per-patch means of every tile through the
+    model's own pixel shuffle (the 2 x 2 patches of a token averaged), tiles in the order the model scatters them."""
     tiles = batch.inputs["pixel_values"].numpy()
-    patches = vlm.model.config.vision_config.image_size[0] // vlm.model.config.vision_config.patch_size[0]
+    vision = vlm.model.config.vision_config
+    patches = _side(vision.image_size) // _side(vision.patch_size)
     cell = tiles.shape[-1] // patches
-    means = np.stack([_cell_means(tile, vlm, patches, patches, cell) for tile in tiles])  # [tiles, p, p, 3]
-    shuffled = vlm.model.model.pixel_shuffle(torch.from_numpy(np.ascontiguousarray(means)).float(), scale_factor=0.5)
+    means = torch.from_numpy(np.stack([_cell_means(tile, vlm, patches, patches, cell) for tile in tiles])).float()
+    if vlm.adapter.family == "aya_vision":
+        shuffled = vlm.model.model.multi_modal_projector.pixel_shuffle(means.reshape(len(tiles), -1, 3))
+    else:
+        shuffled = vlm.model.model.pixel_shuffle(means.contiguous(), scale_factor=0.5)
     tokens = shuffled.reshape(len(tiles), -1, 4, 3).mean(2).reshape(-1, 3).numpy()
     return vlm.adapter.image_token_positions(batch.inputs, 0), tokens
+
+
+def _side(value) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
 
 
 INTERNVL_SIZES = [(200, 120), (90, 181), (60, 60), (250, 40), (40, 230), (150, 150)]  # 2x3, 2x1, 1, 1x6, 6x1, 2x2
 
 
+@pytest.mark.parametrize("family", ["tiny_internvl_vlm", "tiny_aya_vision_vlm"])
 @pytest.mark.parametrize("size", INTERNVL_SIZES)
-def test_internvl_views_map_to_their_source_region(tiny_internvl_vlm, size):
-    """InternVL: the stitched tiles and the thumbnail against the pixels the real processor gave each token (the
-    model's own pixel shuffle, tokens in the order the model scatters them)."""
-    vlm = tiny_internvl_vlm
+def test_internvl_views_map_to_their_source_region(request, family, size):
+    """InternVL / Aya Vision: the stitched tiles and the thumbnail against the pixels the real processor gave each
+    token (the model's own pixel shuffle, tokens in the order the model scatters them)."""
+    vlm = request.getfixturevalue(family)
     width, height = size
     batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
     positions, tokens = _internvl_token_means(vlm, batch)
     views = batch.views[0]
-    assert [v.name for v in views] == (["tiles"] if len(batch.inputs["pixel_values"]) == 1 else ["tiles", "thumbnail"])
+    assert [v.name for v in views] == ["tiles", *vlm.adapter.view_names[1:]][
+        : 1 + (len(batch.inputs["pixel_values"]) > 1)
+    ]
     for view in views:
         means = _view_means(positions, tokens, view)
         assert _check_cells(view.geometry, means, width, height) >= view.geometry.rows * view.geometry.cols // 4
 
 
+@pytest.mark.parametrize("family", ["tiny_internvl_vlm", "tiny_aya_vision_vlm"])
 @pytest.mark.parametrize("case", list(TILED_RECTANGLES))
-def test_internvl_rectangle_across_a_tile_border_round_trips(tiny_internvl_vlm, case):
+def test_internvl_rectangle_across_a_tile_border_round_trips(request, family, case):
     """A rectangle crossing tile borders comes back within one cell from the stitched cells that show it."""
-    vlm = tiny_internvl_vlm
+    vlm = request.getfixturevalue(family)
     size, box = TILED_RECTANGLES[case]
     batch = vlm.adapter.prepare([_rectangle_image(*size, box)], ["the dog"])
     positions, tokens = _internvl_token_means(vlm, batch)

@@ -8,7 +8,7 @@ from .deepseek_vl import DeepseekVLAdapter, DeepseekVLHybridAdapter
 from .gemma3 import Gemma3Adapter
 from .glm4v import Glm4vAdapter
 from .idefics3 import Idefics3Adapter, SmolVLMAdapter
-from .internvl import InternVLAdapter
+from .internvl import AyaVisionAdapter, InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
@@ -24,6 +24,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     DeepseekVLAdapter,
     DeepseekVLHybridAdapter,
     InternVLAdapter,
+    AyaVisionAdapter,
     Idefics3Adapter,
     SmolVLMAdapter,
     Mistral3Adapter,
@@ -50,6 +51,7 @@ def adapter_for(model_type: str) -> type[Adapter]:
 __all__ = [
     "ADAPTERS",
     "Adapter",
+    "AyaVisionAdapter",
     "DeepseekVLAdapter",
     "DeepseekVLHybridAdapter",
     "Gemma3Adapter",

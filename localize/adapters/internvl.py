@@ -85,3 +85,33 @@ class InternVLAdapter(Adapter):
     def describe(cls) -> dict[str, Any]:
         """As the base, with the thumbnail's condition."""
         return {**super().describe(), "views_note": "thumbnail only when the image is cut into 2+ tiles"}
+
+
+class AyaVisionAdapter(InternVLAdapter):
+    """Aya Vision: InternVL's tiling (GOT-OCR2 tiles, row-major, then a global view) with ``TILE_i`` markers, each
+    tile ``(img_size / (patch x downsample))^2`` ``<|IMG_PATCH|>`` tokens after the 2x pixel shuffle; a Cohere2 LM
+    whose sliding-window layers see the image only within their window."""
+
+    family = "aya_vision"
+    model_types = ("aya_vision",)
+    default_template = "<image>\n{phrase}"
+    image_placeholder = "<image>"
+    view_names = ("tiles", "global")
+    description = (
+        "Aya Vision (SigLIP + Cohere2); InternVL-style 364-px tiles with TILE markers stitched, global view kept"
+    )
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """``<|IMG_PATCH|>`` tokens per tile: ``(img_size / patch_size)^2`` of the processor (patch x downsample)."""
+        return (int(self.processor.img_size) // int(self.processor.patch_size)) ** 2
+
+    @property
+    def image_token_id(self) -> int:
+        """Id of ``<|IMG_PATCH|>``, the token every tile's features replace."""
+        return int(self.model.config.image_token_index)
+
+    def views(self, inputs: dict[str, torch.Tensor], index: int, image_size: tuple[int, int]) -> tuple[ImageView, ...]:
+        """InternVL's views, the thumbnail named ``global`` as Aya's markers call it."""
+        views = super().views(inputs, index, image_size)
+        return tuple(ImageView(v.positions, v.geometry, "global") if v.name == "thumbnail" else v for v in views)

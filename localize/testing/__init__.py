@@ -9,7 +9,7 @@ from .deepseek_vl import tiny_deepseek_vl, tiny_deepseek_vl_hybrid
 from .gemma3 import tiny_gemma3
 from .glm4v import tiny_glm4v
 from .idefics3 import tiny_idefics3
-from .internvl import tiny_internvl
+from .internvl import tiny_aya_vision, tiny_internvl
 from .llava import tiny_llava
 from .llava_next import tiny_llava_next, tiny_llava_onevision
 from .mistral3 import tiny_mistral3
@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_WORDS",
     "LLAVA_SPECIALS",
     "QWEN_SPECIALS",
+    "tiny_aya_vision",
     "tiny_deepseek_vl",
     "tiny_deepseek_vl_hybrid",
     "tiny_gemma3",

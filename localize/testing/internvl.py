@@ -84,3 +84,81 @@ def tiny_internvl(
         image_seq_length=per_tile,
     )
     return model, processor
+
+
+AYA_MARKERS = ("<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "TILE", "TILE_GLOBAL")
+
+
+def tiny_aya_vision(
+    *,
+    words: Iterable[str] = DEFAULT_WORDS,
+    image_size: int = 96,
+    patch_size: int = 8,
+    vision_hidden: int = 32,
+    hidden: int = 64,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    sliding_window: int = 64,
+    max_patches: int = 6,
+    seed: int = 0,
+):
+    """A random-weight ``AyaVisionForConditionalGeneration`` (SigLIP tower, 2x pixel shuffle, Cohere2 LM: three
+    sliding-window layers of ``sliding_window`` tokens below each global one) and its ``AyaVisionProcessor``."""
+    from transformers import (
+        AyaVisionConfig,
+        AyaVisionForConditionalGeneration,
+        AyaVisionProcessor,
+        Cohere2Config,
+        GotOcr2ImageProcessor,
+        SiglipVisionConfig,
+    )
+
+    tile_names = tuple(f"TILE_{i}" for i in range(1, max_patches + 1))
+    tokenizer = word_tokenizer(words, (*LLAVA_SPECIALS, *AYA_MARKERS, *tile_names), bos="<s>", eos_token="</s>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", *AYA_MARKERS, *tile_names]})
+    vision = SiglipVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    text = Cohere2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        sliding_window=sliding_window,
+        max_position_embeddings=8192,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = AyaVisionConfig(
+        vision_config=vision,
+        text_config=text,
+        downsample_factor=2,
+        image_token_index=tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    torch.manual_seed(seed)
+    model = AyaVisionForConditionalGeneration(config).eval()
+    image_processor = GotOcr2ImageProcessor(
+        size={"height": image_size, "width": image_size},
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=max_patches,
+    )
+    processor = AyaVisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        img_size=image_size,
+        downsample_factor=2,
+    )
+    return model, processor
