@@ -169,6 +169,15 @@ def tiny_aya_vision_vlm():
     return VLM(*tiny_aya_vision())
 
 
+@pytest.fixture(scope="session")
+def tiny_molmo2_vlm():
+    """A tiny Molmo2 (64-px crops overlapping by one 8-px patch, up to 6, pooled 2x2; low-res view) in a VLM handle."""
+    from localize.models import VLM
+    from localize.testing import tiny_molmo2
+
+    return VLM(*tiny_molmo2())
+
+
 FAMILY_FIXTURES = {
     "llava": "tiny_llava_vlm",
     "llava_next": "tiny_llava_next_vlm",
@@ -179,6 +188,7 @@ FAMILY_FIXTURES = {
     "glm4v": "tiny_glm4v_vlm",
     "internvl": "tiny_internvl_vlm",
     "aya_vision": "tiny_aya_vision_vlm",
+    "molmo2": "tiny_molmo2_vlm",
     "idefics3": "tiny_idefics3_vlm",
     "smolvlm": "tiny_smolvlm_vlm",
     "deepseek_vl": "tiny_deepseek_vlm",

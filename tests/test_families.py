@@ -22,6 +22,7 @@ FAMILIES = {  # conftest.FAMILY_FIXTURES' families: builder and its options
     "glm4v": ("tiny_glm4v", {}),
     "internvl": ("tiny_internvl", {}),
     "aya_vision": ("tiny_aya_vision", {}),
+    "molmo2": ("tiny_molmo2", {}),
     "idefics3": ("tiny_idefics3", {}),
     "smolvlm": ("tiny_idefics3", {"smolvlm": True}),
     "deepseek_vl": ("tiny_deepseek_vl", {}),

@@ -385,3 +385,41 @@ def test_idefics3_rectangle_across_a_tile_border_round_trips(tiny_idefics3_vlm, 
     positions, tokens = _idefics3_token_means(vlm, batch)
     tiles = batch.views[0][0]
     _rectangle_round_trip(tiles.geometry, _view_means(positions, tokens, tiles)[..., 0], box)
+
+
+def _molmo2_token_means(vlm, batch) -> tuple[torch.Tensor, np.ndarray]:
+    """Each Molmo2 image token's decoded source pixels: the mean of the patches its ``image_token_pooling`` row
+    names (the processor's own crops, margins and pooling), rows in the order the model adds them."""
+    pixels = batch.inputs["pixel_values"].numpy()  # [crops, patches, patch * patch * 3], channels last
+    patch_means = pixels.reshape(-1, pixels.shape[-1] // 3, 3).mean(axis=1)  # [crops * patches, 3]
+    patch_means = _unnormalize(patch_means.T, vlm.processor.image_processor).T
+    pooling = batch.inputs["image_token_pooling"].numpy()
+    valid = pooling >= 0
+    tokens = (patch_means[np.where(valid, pooling, 0)] * valid[..., None]).sum(1) / valid.sum(1, keepdims=True)
+    return vlm.adapter.image_token_positions(batch.inputs, 0), tokens
+
+
+@pytest.mark.parametrize("size", [(200, 120), (90, 181), (60, 60), (250, 40), (40, 230), (150, 150)])
+def test_molmo2_views_map_to_their_source_region(tiny_molmo2_vlm, size):
+    """Molmo2: the hi-res canvas of overlapping crops and the low-res view against the pixels the real processor
+    pooled into each token."""
+    vlm = tiny_molmo2_vlm
+    width, height = size
+    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
+    positions, tokens = _molmo2_token_means(vlm, batch)
+    views = batch.views[0]
+    assert [v.name for v in views] == ["hi-res", "low-res"]
+    for view in views:
+        means = _view_means(positions, tokens, view)
+        assert _check_cells(view.geometry, means, width, height) >= view.geometry.rows * view.geometry.cols // 4
+
+
+@pytest.mark.parametrize("case", list(TILED_RECTANGLES))
+def test_molmo2_rectangle_across_a_crop_border_round_trips(tiny_molmo2_vlm, case):
+    """A rectangle crossing crop borders comes back within one cell from the hi-res cells that show it."""
+    vlm = tiny_molmo2_vlm
+    size, box = TILED_RECTANGLES[case]
+    batch = vlm.adapter.prepare([_rectangle_image(*size, box)], ["the dog"])
+    positions, tokens = _molmo2_token_means(vlm, batch)
+    hires = batch.views[0][0]
+    _rectangle_round_trip(hires.geometry, _view_means(positions, tokens, hires)[..., 0], box)

@@ -12,6 +12,7 @@ from .internvl import AyaVisionAdapter, InternVLAdapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
+from .molmo2 import Molmo2Adapter
 from .paligemma import PaliGemmaAdapter
 from .qwen2_vl import Qwen2VLAdapter
 
@@ -28,6 +29,7 @@ ADAPTERS: tuple[type[Adapter], ...] = (
     Idefics3Adapter,
     SmolVLMAdapter,
     Mistral3Adapter,
+    Molmo2Adapter,
     PaliGemmaAdapter,
     Gemma3Adapter,
 )
@@ -63,6 +65,7 @@ __all__ = [
     "LlavaNextAdapter",
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
+    "Molmo2Adapter",
     "PaliGemmaAdapter",
     "PreparedBatch",
     "Qwen2VLAdapter",

@@ -13,6 +13,7 @@ from .internvl import tiny_aya_vision, tiny_internvl
 from .llava import tiny_llava
 from .llava_next import tiny_llava_next, tiny_llava_onevision
 from .mistral3 import tiny_mistral3
+from .molmo2 import tiny_molmo2
 from .paligemma import tiny_paligemma
 from .qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl, tiny_qwen3_vl
 from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, QWEN_SPECIALS, normalize_words, word_tokenizer
@@ -32,6 +33,7 @@ __all__ = [
     "tiny_llava_next",
     "tiny_llava_onevision",
     "tiny_mistral3",
+    "tiny_molmo2",
     "tiny_paligemma",
     "tiny_qwen2_5_vl",
     "tiny_qwen2_vl",
