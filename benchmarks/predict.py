@@ -136,6 +136,8 @@ def result_row(
         row["mask_problem"] = mask_problem
     if pred.meta.get("unknown_words"):
         row["unknown_words"] = list(pred.meta["unknown_words"])
+    if pred.meta.get("view"):
+        row["view"] = pred.meta["view"]
     if answer is not None:
         row.update(answer)
     return row

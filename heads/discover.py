@@ -455,7 +455,8 @@ def discover(
         if count > 1:
             return None  # other shards have not finished yet
         raise RuntimeError("discovery finished with samples lacking records")  # not reachable in one process
-    settings = {"batch_size": batch_size, "data": dict(data or {})}
+    # Entropy is computed on each sample's grounding view (the adapter's first); S_img over every view.
+    settings = {"batch_size": batch_size, "data": dict(data or {}), "entropy_view": vlm.adapter.view_names[0]}
     voting = {"top_k": top_k, "per_sample": per_sample, "tau": tau, "criterion": criterion, "mode": mode}
     voting |= {"seed": seed, "tau_method": tau_method, "tie": tie}
     result = _aggregate(header, samples, records, list(unreadable), settings=settings, **voting)

@@ -13,6 +13,7 @@ a per-call :class:`Recorder` passed down the forward as a keyword argument. No p
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -165,10 +166,27 @@ class AttentionMaps:
     prompt: str
     sample_index: int = 0
     image_mass: torch.Tensor | None = None
+    view: str = "image"
+    # Every view's (name, maps, geometry), the grounding view first; () when built from maps alone.
+    views: tuple[tuple[str, torch.Tensor, GridGeometry], ...] = ()
 
     def __post_init__(self) -> None:
         if self.image_mass is None:  # built from maps alone (one view)
             self.image_mass = self.maps.sum((-1, -2))
+        if not self.views:
+            self.views = ((self.view, self.maps, self.geometry),)
+
+    @property
+    def view_names(self) -> tuple[str, ...]:
+        """This sample's views, the grounding one first."""
+        return tuple(name for name, _, _ in self.views)
+
+    def in_view(self, name: str) -> AttentionMaps:
+        """The same capture with view ``name``'s maps and geometry as the grounding ones."""
+        for view, maps, geometry in self.views:
+            if view == name:
+                return dataclasses.replace(self, maps=maps, geometry=geometry, view=view)
+        raise InputError(f"no view {name!r} in this sample; its views: {', '.join(self.view_names)}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -347,18 +365,27 @@ class Capturer:
     ) -> list[AttentionMaps]:
         results = []
         for b in range(batch.batch_size):
-            geometry = batch.geometries[b]
             rows = recorder.head_rows(b, heads)
-            positions = batch.image_positions[b].to(rows.device)
+            views = tuple(
+                (
+                    view.name,
+                    rows[:, view.positions.to(rows.device)].reshape(len(heads), view.geometry.rows, view.geometry.cols),
+                    view.geometry,
+                )
+                for view in batch.views[b]
+            )
+            name, maps, geometry = views[0]
             results.append(
                 AttentionMaps(
-                    maps=rows[:, positions].reshape(len(heads), geometry.rows, geometry.cols),
+                    maps=maps,
                     heads=tuple(heads),
                     geometry=geometry,
                     query_position=int(queries[b]),
                     prompt=batch.prompts[b],
                     sample_index=b,
                     image_mass=rows[:, batch.all_image_positions(b).to(rows.device)].sum(-1),
+                    view=name,
+                    views=views,
                 )
             )
         return results

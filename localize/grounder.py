@@ -21,7 +21,7 @@ from .capture import Head, check_phrases
 from .errors import InputError, LocalizeError
 from .images import ImageLike, load_image, original_size, reduced_by
 from .models import VLM, load_model
-from .postprocess import GroundingSettings, maps_to_grounding, mask_to_rle
+from .postprocess import GroundingSettings, fuse_views, maps_to_grounding, mask_to_rle
 
 
 @dataclass
@@ -76,6 +76,11 @@ class Localizer:
         self.vlm = vlm
         self.heads = tuple(validate_heads(heads, vlm.num_layers, vlm.num_heads))
         self.settings = settings or GroundingSettings()
+        views = vlm.adapter.view_names
+        if self.settings.view not in ("default", "fuse", *views):
+            raise InputError(
+                f"no view {self.settings.view!r} in {vlm.adapter.family}: use default, fuse or one of {', '.join(views)}"
+            )
         self.sam = sam
         self.sam_prompt = sam_prompt
         self.heads_source = heads_source
@@ -145,9 +150,18 @@ class Localizer:
         return [length(adapter.format_prompt(text[:end])) - full - 1 for end in ends]
 
     def _finish(self, image, phrases: list[str], captured, return_maps: bool) -> list[Grounding]:
-        grids = [maps.maps.detach().cpu().numpy() for maps in captured]
-        results = self.ground_maps(image, phrases, grids, [maps.geometry for maps in captured], return_maps)
+        view = self.settings.view
+        if view == "fuse":
+            grids = [[m.detach().cpu().numpy() for _, m, _ in maps.views] for maps in captured]
+            geometries = [[g for _, _, g in maps.views] for maps in captured]
+        else:
+            # a sample without the named view (a one-tile image has no thumbnail) grounds on its default view
+            captured = [maps.in_view(view) if view in maps.view_names else maps for maps in captured]
+            grids = [maps.maps.detach().cpu().numpy() for maps in captured]
+            geometries = [maps.geometry for maps in captured]
+        results = self.ground_maps(image, phrases, grids, geometries, return_maps)
         for result, maps in zip(results, captured):
+            result.meta["view"] = "fuse" if view == "fuse" else maps.view
             result.query_position = maps.query_position
             result.meta["unknown_words"] = unknown_words(self.vlm.adapter.tokenizer, result.phrase)
         factor = reduced_by(image)
@@ -161,12 +175,17 @@ class Localizer:
         geometries: Sequence[Any],
         return_maps: bool = False,
     ) -> list[Grounding]:
-        """The maps -> box/mask step (and SAM) on given ``[k, rows, cols]`` grid maps, e.g. oracle maps."""
+        """The maps -> box/mask step (and SAM) on given ``[k, rows, cols]`` grid maps, e.g. oracle maps; a list of
+        maps with a list of geometries (one per view) is fused (``settings.view == "fuse"``)."""
         if self.sam is not None:
             self.sam.set_image(np.asarray(image))  # once per image: the refiner caches by content
         results = []
         for phrase, grid, geometry in zip(phrases, grids, geometries):
-            out = maps_to_grounding(grid, geometry, self.settings)
+            if isinstance(geometry, (list, tuple)):
+                out = fuse_views(list(zip(grid, geometry)), self.settings)
+                grid = grid[0]
+            else:
+                out = maps_to_grounding(grid, geometry, self.settings)
             mask, sam_score = out.mask, None
             if self.sam is not None and out.score > 0:
                 mask, sam_score = self.sam.refine(out.heatmap, out.box, prompt=self.sam_prompt)

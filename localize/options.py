@@ -11,7 +11,7 @@ SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 
 
 def add_grounding_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--sam --sam-type --prompt --kernel --sigma --scale-smoothing --mask-mode --device --dtype``."""
+    """``--sam --sam-type --prompt --kernel --sigma --scale-smoothing --mask-mode --view --device --dtype``."""
     parser.add_argument("--sam", default=None, help="SAM checkpoint (.pth): masks from SAM")
     parser.add_argument("--sam-type", default="vit_h", choices=SAM_TYPES)
     parser.add_argument("--prompt", default="box", choices=PROMPTS, help="SAM prompt (default box)")
@@ -24,6 +24,12 @@ def add_grounding_arguments(parser: argparse.ArgumentParser) -> None:
         help="scale kernel and sigma with the model's grid relative to 24x24 (default; unchanged on LLaVA-1.5)",
     )
     parser.add_argument("--mask-mode", default="hull", choices=["hull", "component", "binary"])
+    parser.add_argument(
+        "--view",
+        default="default",
+        help="tiled families: the view that grounds (default: the finest covering the image; a view's name, as "
+        "`localize models` lists them; or fuse = every view's map averaged in image pixels)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
 
@@ -33,7 +39,11 @@ def settings_from_args(args: Any) -> Any:
     from .postprocess import GroundingSettings
 
     return GroundingSettings(
-        kernel=args.kernel, sigma=args.sigma, scale_to_grid=args.scale_smoothing, mask_mode=args.mask_mode
+        kernel=args.kernel,
+        sigma=args.sigma,
+        scale_to_grid=args.scale_smoothing,
+        mask_mode=args.mask_mode,
+        view=getattr(args, "view", "default"),
     )
 
 

@@ -50,6 +50,9 @@ class GroundingSettings:
     (0, 1] keeps pixels whose normalised heatmap is >= ``f`` (``min + f * (max - min)``; ``f * max`` for maps
     whose minimum is 0). ``mask_mode``: ``"hull"`` = filled convex hull of the kept component,
     ``"component"`` = the kept component's pixels, ``"binary"`` = the whole binarized map (all components).
+    ``view``: which image view's maps ground, for families with several (tiles and a thumbnail, a hi-res grid
+    and a base view): ``"default"`` = the adapter's first, the finest view covering the whole image; a view's
+    name; or ``"fuse"`` = every view's summed map resampled into original-image pixels, normalised and averaged.
     """
 
     kernel: int = 7
@@ -57,6 +60,7 @@ class GroundingSettings:
     scale_to_grid: bool = True
     threshold: str | float = "mean"
     mask_mode: str = "hull"
+    view: str = "default"
 
     def __post_init__(self) -> None:
         if int(self.kernel) != self.kernel or self.kernel < 1 or self.kernel % 2 == 0:
@@ -70,6 +74,8 @@ class GroundingSettings:
             raise InputError(f"threshold fraction must be in (0, 1], got {self.threshold!r}")
         if self.mask_mode not in ("hull", "component", "binary"):
             raise InputError(f"mask_mode must be 'hull', 'component' or 'binary', got {self.mask_mode!r}")
+        if not isinstance(self.view, str) or not self.view:
+            raise InputError(f"view must be 'default', 'fuse' or a view's name, got {self.view!r}")
 
     def smoothing_for(self, rows: int, cols: int) -> tuple[int, float]:
         """The (kernel, sigma) used on a ``rows x cols`` grid (scaled when ``scale_to_grid``)."""
@@ -147,22 +153,52 @@ def maps_to_grounding(maps: np.ndarray, geometry: GridGeometry, settings: Ground
     mask, an all-zero heatmap and score 0.
     """
     settings = settings or GroundingSettings()
+    upsampled, covered = image_map(maps, geometry, settings)
+    return image_map_to_grounding(upsampled, covered, settings)
+
+
+def fuse_views(views: list[tuple[np.ndarray, GridGeometry]], settings: GroundingSettings | None = None) -> Grounding:
+    """Several views' head maps of one image -> one :class:`Grounding`: each view's summed, smoothed map resampled
+    into original-image pixels and scaled to [0, 1] over the pixels it covers, then averaged where views cover."""
+    settings = settings or GroundingSettings()
+    total, count = None, None
+    for maps, geometry in views:
+        upsampled, covered = image_map(maps, geometry, settings)
+        values = upsampled[covered]
+        if total is None:
+            total, count = np.zeros_like(upsampled), np.zeros(upsampled.shape, np.int32)
+        if values.size and values.max() - values.min() > 1e-6 * max(abs(values.max()), 1e-12):
+            total += np.where(covered, (upsampled - values.min()) / (values.max() - values.min()), 0.0)
+            count += covered
+    if total is None:
+        raise InputError("no views to fuse")
+    covered = count > 0
+    return image_map_to_grounding(np.where(covered, total / np.maximum(count, 1), 0.0), covered, settings)
+
+
+def image_map(maps: np.ndarray, geometry: GridGeometry, settings: GroundingSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Head maps ``[k, rows, cols]`` smoothed on the grid, summed and resampled to the image: (map, covered), both
+    ``[H, W]``; ``covered`` marks the pixels some cell covers (a centre crop's margins are not)."""
     maps = np.nan_to_num(_as_array(maps), nan=0.0, posinf=0.0, neginf=0.0)
     if maps.ndim == 2:
         maps = maps[None]
     if maps.ndim != 3 or maps.shape[1:] != (geometry.rows, geometry.cols):
         raise InputError(f"maps of shape {maps.shape} do not match the grid {(geometry.rows, geometry.cols)}")
-    height, width = geometry.height, geometry.width
-    whole = (0.0, 0.0, float(width), float(height))
-    nothing = Grounding(whole, np.zeros((height, width), bool), np.zeros((height, width), np.float32), 0.0)
     if maps.shape[0] == 0:
-        return nothing
-
+        empty = np.zeros((geometry.height, geometry.width))
+        return empty, empty.astype(bool)
     kernel, sigma = settings.smoothing_for(geometry.rows, geometry.cols)
     summed = smooth_maps(maps, kernel, sigma).sum(axis=0)
-    upsampled = geometry.to_image(summed)
-    # Pixels no cell covers (a center-crop's margins) are not part of the map: excluded from mean, max and mask.
     covered = geometry.to_image(np.ones_like(summed), interpolation="nearest") > 0.5
+    return geometry.to_image(summed), covered
+
+
+def image_map_to_grounding(upsampled: np.ndarray, covered: np.ndarray, settings: GroundingSettings) -> Grounding:
+    """An image-sized map -> box, mask, heatmap and score: binarise (over covered pixels), 8-connected components,
+    the largest convex hull, its tight box."""
+    height, width = upsampled.shape
+    whole = (0.0, 0.0, float(width), float(height))
+    nothing = Grounding(whole, np.zeros((height, width), bool), np.zeros((height, width), np.float32), 0.0)
     if not covered.any():
         return nothing
     values = upsampled[covered]

@@ -39,6 +39,10 @@ def test_all_heads_equal_eager(tiny_vlm, noise_image, early_exit, reuse_prefix):
     for b, (result, row) in enumerate(zip(results, rows)):  # S_img: the mass on every image token of the sample
         expected = row[:, :, batch.all_image_positions(b)].sum(-1).flatten()
         assert (result.image_mass - expected).abs().max().item() <= TOL
+        assert result.view_names == tuple(view.name for view in batch.views[b])
+        for (_, maps, geometry), view in zip(result.views, batch.views[b]):  # every view's maps, not only the first
+            expected = row[:, :, view.positions].reshape(-1, geometry.rows, geometry.cols)
+            assert (maps - expected).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("early_exit", [False, True])

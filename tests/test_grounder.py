@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from localize.errors import HeadsMismatchError, InputError
 from localize.grounder import Grounding, Localizer
@@ -143,3 +144,37 @@ def test_empty_phrase_list_and_missing_heads(tmp_path):
     assert loc.ground_many(np.zeros((40, 30, 3), np.uint8), []) == []
     with pytest.raises(InputError, match="heads must be 'auto'"):
         localize.load(vlm, heads=None)
+
+
+def test_tiled_families_ground_on_the_view_asked_for(tiny_llava_next_vlm):
+    """``view``: the default (finest, hi-res), a named view, or every view fused; recorded in each result."""
+    from localize.postprocess import GroundingSettings
+
+    image = Image.new("RGB", (200, 120), (90, 90, 90))
+    results = {}
+    for view in ("default", "base", "fuse"):
+        loc = Localizer(tiny_llava_next_vlm, [(2, 1), (3, 0)], settings=GroundingSettings(view=view))
+        results[view] = loc.ground(image, "the dog", return_maps=True)
+    assert [results[v].meta["view"] for v in results] == ["hi-res", "base", "fuse"]
+    assert results["default"].maps.shape[1:] == (8, 12) and results["base"].maps.shape[1:] == (6, 6)
+    assert all(g.heatmap.shape == (120, 200) for g in results.values())
+    assert results["fuse"].to_json()["view"] == "fuse"
+    with pytest.raises(InputError, match="no view 'thumbnail' in llava_next"):
+        Localizer(tiny_llava_next_vlm, [(2, 1)], settings=GroundingSettings(view="thumbnail"))
+
+
+def test_fused_views_keep_what_both_views_see():
+    """Two views of one image (a coarse and a fine squash) with the same object: the fused box is the object."""
+    from localize.geometry import GridGeometry
+    from localize.postprocess import fuse_views
+
+    size, box = (200, 120), (60, 30, 140, 90)
+    views = []
+    for rows, cols in ((6, 6), (12, 20)):
+        geometry = GridGeometry.squashed(rows, cols, size)
+        mask = np.zeros((120, 200), bool)
+        mask[box[1] : box[3], box[0] : box[2]] = True
+        views.append((geometry.mask_to_grid(mask)[None], geometry))
+    fused = fuse_views(views)
+    assert fused.heatmap.shape == (120, 200) and fused.score > 0
+    assert all(abs(f - b) <= 200 / 6 for f, b in zip(fused.box, box))

@@ -181,6 +181,7 @@ def test_bad_inputs() -> None:
         "scale_to_grid": True,
         "threshold": "mean",
         "mask_mode": "hull",
+        "view": "default",
     }
 
 
