@@ -103,7 +103,7 @@ def _instrument(vlm, stages: Stages) -> None:
 
 def _heads(vlm) -> list[tuple[int, int]]:
     mid = vlm.num_layers * 14 // 32  # LLaVA-1.5-7B's published heads sit at L14 of 32
-    return [(mid, 1), (mid, 2), (mid, 5 % vlm.num_heads)]
+    return sorted({(mid, h % vlm.num_heads) for h in (1, 2, 5)})
 
 
 def _bench_toolkit(vlm, data: Path, work: Path, stages: Stages) -> int:
