@@ -10,9 +10,9 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 
-from . import __version__
 from .errors import LocalizeError, LocalizeWarning
 from .refine.errors import RefineError
+from .version import __version__
 
 # name -> (module, function adding arguments, function running, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -98,36 +98,43 @@ def _load(entry: tuple[str, str, str, str]) -> tuple[Callable, Callable]:
     return getattr(module, entry[1]), getattr(module, entry[2])
 
 
-def _register(subparsers: argparse._SubParsersAction, commands: dict[str, tuple[str, str, str, str]]) -> None:
-    """Add each command whose module is in this build (a real import error inside a module still surfaces)."""
+def _register(
+    subparsers: argparse._SubParsersAction, commands: dict[str, tuple[str, str, str, str]], wanted: str | None
+) -> None:
+    """Add each command; only ``wanted``'s module is imported (its arguments and handler), so ``localize --help``
+    or ``--version`` import neither torch nor transformers."""
     for name, entry in commands.items():
-        try:
-            add, run = _load(entry)
-        except ModuleNotFoundError as err:
-            if err.name != entry[0]:
-                raise
-            continue
         command = subparsers.add_parser(name, help=entry[3], description=entry[3])
-        add(command)
-        command.set_defaults(handler=run)
+        if name == wanted:
+            add, run = _load(entry)
+            add(command)
+            command.set_defaults(handler=run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser."""
+def _named(argv: Sequence[str], position: int = 0) -> str | None:
+    """The ``position``-th word of ``argv`` that is not an option (the command, then its action)."""
+    words = [a for a in argv if not a.startswith("-")]
+    return words[position] if len(words) > position else None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with the arguments of the command ``argv`` names (all commands listed)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="localize", description=__doc__)
     parser.add_argument("--version", action="version", version=f"localize {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or LOCALIZE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _register(sub, COMMANDS)
+    _register(sub, COMMANDS, _named(argv))
     data = sub.add_parser("data", help="dataset utilities")
-    _register(data.add_subparsers(dest="data_command", metavar="ACTION", required=True), DATA_COMMANDS)
+    actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    _register(actions, DATA_COMMANDS, _named(argv, 1) if _named(argv) == "data" else None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``localize`` console script: every failure a user can meet is one line on stderr and exit
     code 2 (``--debug`` or ``LOCALIZE_DEBUG=1`` re-raises it with its traceback)."""
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()

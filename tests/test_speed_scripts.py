@@ -25,3 +25,17 @@ def test_job_speed_runs_every_mode_and_prints_the_ratios(capsys):
     for mode in ("bench", "bench_eager", "bench_floor", "discover", "discover_eager", "discover_floor"):
         assert f"\n{mode} " in out
     assert "bench: " in out and "x the anchor's throughput" in out and "discover: " in out
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["data", "--help"]])
+def test_commands_that_need_no_model_import_no_torch(argv):
+    """``localize --version`` / ``--help`` stay instant: neither torch nor transformers is imported."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys\nfrom localize.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
