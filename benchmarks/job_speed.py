@@ -278,6 +278,8 @@ def report(results: dict[str, dict]) -> list[str]:
         lines.append(f"{mode:<16}{r['items']:>6}{r['seconds']:>9.2f}{r['items'] / r['seconds']:>9.2f}"
                      f"{r['peak_mb']:>9.0f}  {shares}")  # fmt: skip
     for job in ("bench", "discover"):
+        if not all(mode in results for mode in (job, f"{job}_eager", f"{job}_floor")):
+            continue  # --modes left some out
         tool, eager, floor = results[job], results[f"{job}_eager"], results[f"{job}_floor"]
         lines.append(
             f"{job}: {eager['seconds'] / tool['seconds']:.2f}x the anchor's throughput, peak memory "

@@ -251,6 +251,11 @@ def _shared_prefix_length(batch: PreparedBatch, queries: torch.Tensor) -> int:
     return length if length > last_image else 0
 
 
+# Phrases per pass after a shared image prefix: each copies the prefix's keys and values, so 2 keeps the peak near
+# one phrase's (benchmarks/job_speed.py) at little cost in passes.
+SUFFIX_BATCH = 2
+
+
 def _expand_cache(cache: DynamicCache, batch_size: int) -> DynamicCache:
     """A fresh cache holding ``cache``'s keys/values repeated for ``batch_size`` sequences."""
     expanded = DynamicCache()  # config-less: sliding-window layers keep every key, so the suffix sees them (F3)
@@ -284,13 +289,18 @@ class Capturer:
         early_exit: bool = True,
         reuse_prefix: bool = True,
         differentiable: bool = False,
+        suffix_batch: int = SUFFIX_BATCH,
     ) -> list[AttentionMaps]:
         """Capture ``heads`` (default: all) for each phrase; one :class:`AttentionMaps` per phrase.
 
         ``images``: one image for every phrase (then the image prefix is computed once), or one per phrase.
         ``query_positions``: per phrase, a token index (negative: counted back from the last real token, -1 = the
         last); default the last input token. ``differentiable`` keeps the autograd graph (fine-tuning).
+        ``suffix_batch``: phrases per pass after a shared prefix (each holds its own copy of the prefix's keys and
+        values: larger batches trade memory for fewer passes).
         """
+        if int(suffix_batch) < 1:
+            raise InputError(f"suffix_batch must be >= 1, got {suffix_batch!r}")
         phrases = check_phrases([phrases] if isinstance(phrases, str) else list(phrases))
         shared_image = not isinstance(images, (list, tuple))
         pil_images = [load_image(images)] * len(phrases) if shared_image else [load_image(i) for i in images]
@@ -317,7 +327,7 @@ class Capturer:
         prefix = _shared_prefix_length(batch, queries) if reusable else 0
         with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             if prefix:
-                self._run_with_prefix(batch, recorder, prefix)
+                self._run_with_prefix(batch, recorder, prefix, int(suffix_batch))
             else:
                 self._run(dict(batch.inputs), recorder)
         return self._collect(batch, recorder, heads, queries)
@@ -351,14 +361,22 @@ class Capturer:
         except _EarlyExit:
             pass
 
-    def _run_with_prefix(self, batch: PreparedBatch, recorder: Recorder, length: int) -> None:
+    def _run_with_prefix(self, batch: PreparedBatch, recorder: Recorder, length: int, suffix_batch: int) -> None:
         cache = DynamicCache()  # config-less (F3): see _expand_cache
         prefix_only = Recorder(
             heads_by_layer={}, query_positions=recorder.query_positions, stop_after=recorder.stop_after
         )
         self._run(self.adapter.prefix_inputs(batch, length), prefix_only, use_cache=True, cache=cache)
-        suffix_cache = _expand_cache(cache, batch.batch_size)
-        self._run(self.adapter.suffix_inputs(batch, length), recorder, use_cache=True, cache=suffix_cache)
+        suffix = self.adapter.suffix_inputs(batch, length)
+        parts: dict[int, list[torch.Tensor]] = {}
+        for start in range(0, batch.batch_size, suffix_batch):
+            stop = min(start + suffix_batch, batch.batch_size)
+            part = dataclasses.replace(recorder, query_positions=recorder.query_positions[start:stop], rows={})
+            inputs = self.adapter.slice_suffix(suffix, start, stop)
+            self._run(inputs, part, use_cache=True, cache=_expand_cache(cache, stop - start))
+            for layer, rows in part.rows.items():
+                parts.setdefault(layer, []).append(rows)
+        recorder.rows = {layer: torch.cat(rows) for layer, rows in parts.items()}
 
     def _collect(
         self, batch: PreparedBatch, recorder: Recorder, heads: Sequence[Head], queries: torch.Tensor

@@ -27,7 +27,6 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import convex_hull_image
 
 from .errors import InputError
 from .geometry import GridGeometry
@@ -136,12 +135,33 @@ def smooth_maps(maps: np.ndarray, kernel: int = 7, sigma: float = 1.0) -> np.nda
     return out[0] if maps.ndim == 2 else out
 
 
-def _component_hull_area(component: np.ndarray) -> float:
-    """Area of the convex hull of a (cropped) component's pixel corners."""
+def _corner_hull(component: np.ndarray) -> np.ndarray:
+    """``[n, 2]`` (x, y) vertices of the convex hull of a (cropped) component's pixel corners (OpenCV: the outer
+    contours' points, each pixel's four corners, ``convexHull``)."""
     contours, _ = cv2.findContours(component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     points = np.concatenate([c.reshape(-1, 2) for c in contours])
     corners = (points[:, None, :] + _CORNERS[None]).reshape(-1, 2)
-    return float(cv2.contourArea(cv2.convexHull(corners)))
+    return cv2.convexHull(corners).reshape(-1, 2)
+
+
+def _component_hull_area(component: np.ndarray) -> float:
+    """Area of the convex hull of a (cropped) component's pixel corners."""
+    return float(cv2.contourArea(_corner_hull(component)))
+
+
+def _hull_mask(component: np.ndarray) -> np.ndarray:
+    """The pixels of a (cropped) component's box whose centres lie in (or on) the hull of its pixel corners: per
+    row, the hull's span at the row's centre line, then the columns whose centres fall in it."""
+    hull = _corner_hull(component).astype(np.float64)
+    x0, y0 = hull[:, 0], hull[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    centres_y = np.arange(component.shape[0])[:, None] + 0.5  # never on a vertex: those are integers
+    crosses = (centres_y > np.minimum(y0, y1)) & (centres_y < np.maximum(y0, y1))
+    xs = x0 + (centres_y - y0) / np.where(y1 != y0, y1 - y0, 1.0) * (x1 - x0)
+    left = np.where(crosses, xs, np.inf).min(axis=1, keepdims=True)
+    right = np.where(crosses, xs, -np.inf).max(axis=1, keepdims=True)
+    centres_x = np.arange(component.shape[1]) + 0.5
+    return (centres_x >= left - 1e-9) & (centres_x <= right + 1e-9)
 
 
 def maps_to_grounding(maps: np.ndarray, geometry: GridGeometry, settings: GroundingSettings | None = None) -> Grounding:
@@ -217,7 +237,7 @@ def image_map_to_grounding(upsampled: np.ndarray, covered: np.ndarray, settings:
 
     # Largest hull wins; ties go to the component with more attention mass, then to the lower label.
     slices = ndimage.find_objects(labels)
-    masses = ndimage.sum_labels(heatmap, labels, index=np.arange(1, count + 1))
+    masses = np.bincount(labels.ravel(), weights=heatmap.ravel(), minlength=count + 1)[1:]
     best = max(
         range(count),
         key=lambda i: (_component_hull_area(labels[slices[i]] == i + 1), masses[i], -i),
@@ -233,7 +253,7 @@ def image_map_to_grounding(upsampled: np.ndarray, covered: np.ndarray, settings:
     else:
         # Pixels whose centres lie in the hull of the component's pixel corners (stays inside ``box``).
         mask = np.zeros((height, width), dtype=bool)
-        mask[rows_slice, cols_slice] = convex_hull_image(component[rows_slice, cols_slice], offset_coordinates=True)
+        mask[rows_slice, cols_slice] = _hull_mask(component[rows_slice, cols_slice])
     total = float(heatmap.sum())
     score = float(masses[best]) / total if total > 0 else 0.0
     return Grounding(box, mask, heatmap, score)

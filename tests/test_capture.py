@@ -200,3 +200,19 @@ def test_logit_softcap_is_applied_to_the_captured_rows(noise_image):
         layer.self_attn.attn_logit_softcapping = None
     uncapped, _ = _reference(vlm, [noise_image] * 2, PHRASES)
     assert max((u - r).abs().max().item() for u, r in zip(uncapped, reference)) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["tiny_llava_vlm", "tiny_qwen_vlm"])
+def test_suffix_passes_of_any_size_give_the_same_rows(request, family, noise_image):
+    """The phrases after a shared prefix, in passes of 1, 2 or all 5: the same rows as eager, one prefix pass."""
+    vlm = request.getfixturevalue(family)
+    phrases = [*PHRASES, "a dog", "the tree", "the small blue car on the right"]
+    reference, _ = _reference(vlm, [noise_image] * len(phrases), phrases)
+    for suffix_batch in (1, 2, 5):
+        vlm.capturer.forward_calls = 0
+        results = vlm.capture(noise_image, phrases, early_exit=False, suffix_batch=suffix_batch)
+        assert vlm.capturer.forward_calls == 1 + -(-len(phrases) // suffix_batch)
+        for result, ref in zip(results, reference):
+            assert (result.dense(vlm.num_layers, vlm.num_heads) - ref).abs().max().item() <= TOL
+    with pytest.raises(InputError, match="suffix_batch"):
+        vlm.capture(noise_image, phrases, suffix_batch=0)

@@ -218,3 +218,32 @@ def test_torch_maps_and_overlay_rendering(tmp_path) -> None:
     )
     assert gallery.width == 4 * 200 + 5 * 8 and (tmp_path / "gallery.png").is_file()
     assert render_gallery([], None).size[0] > 0
+
+
+def test_hull_mask_is_the_pixel_centres_inside_the_corner_hull() -> None:
+    """The filled hull equals a brute-force half-plane test of every pixel centre against the hull of the
+    component's pixel corners, contains the component, and stays in its box (random blobs)."""
+    from scipy import ndimage
+
+    from localize.postprocess import _corner_hull, _hull_mask
+
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        h, w = rng.integers(1, 60, 2)
+        blob = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 5))
+        labels, count = ndimage.label(blob > np.quantile(blob, rng.uniform(0.5, 0.95)), np.ones((3, 3)))
+        if count == 0:
+            continue
+        component = labels == 1
+        rows, cols = ndimage.find_objects(labels)[0]
+        crop = component[rows, cols]
+        hull = _corner_hull(crop).astype(float)
+        ys, xs = np.mgrid[: crop.shape[0], : crop.shape[1]] + 0.5
+        edges = np.roll(hull, -1, axis=0) - hull
+        cross = edges[:, 0, None, None] * (ys - hull[:, 1, None, None]) - edges[:, 1, None, None] * (
+            xs - hull[:, 0, None, None]
+        )
+        inside = (cross >= -1e-9).all(0) | (cross <= 1e-9).all(0)
+        mask = _hull_mask(crop)
+        np.testing.assert_array_equal(mask, inside)
+        assert mask[crop].all()

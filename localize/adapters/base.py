@@ -245,6 +245,10 @@ class Adapter(ABC):
             "position_ids": (torch.arange(suffix_len) + length).expand(batch.batch_size, -1),
         }
 
+    def slice_suffix(self, suffix: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
+        """Samples ``start:stop`` of :meth:`suffix_inputs` (every tensor's first axis is the batch)."""
+        return {key: value[start:stop] for key, value in suffix.items()}
+
     def image_inputs(self, inputs: dict[str, torch.Tensor], sample: int) -> dict[str, torch.Tensor]:
         """The image tensors of one sample (pixel values and the family's extras)."""
         return {"pixel_values": inputs["pixel_values"][sample : sample + 1]}

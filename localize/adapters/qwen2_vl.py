@@ -66,6 +66,11 @@ class Qwen2VLAdapter(Adapter):
             out["mm_token_type_ids"] = batch.inputs["mm_token_type_ids"][:, length:]
         return out
 
+    def slice_suffix(self, suffix: dict[str, torch.Tensor], start: int, stop: int) -> dict[str, torch.Tensor]:
+        """As the base, with the M-RoPE ``position_ids`` ``[axes, B, S]`` sliced on their batch axis."""
+        out = super().slice_suffix({k: v for k, v in suffix.items() if k != "position_ids"}, start, stop)
+        return {**out, "position_ids": suffix["position_ids"][:, start:stop]}
+
     def image_inputs(self, inputs: dict[str, torch.Tensor], sample: int) -> dict[str, torch.Tensor]:
         """Sample ``sample``'s patch rows of the flattened ``pixel_values`` and its grid."""
         grids = inputs["image_grid_thw"]
