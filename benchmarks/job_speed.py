@@ -14,7 +14,7 @@ loaded (loading is printed apart):
 - ``bench_floor``: per image one batched SDPA forward of all its expressions, truncated after the deepest layer
   needed, no maps, no box: the least work any method must do;
 - ``discover`` (all heads of every scored layer, per sample S_img and spatial entropy, the toolkit's
-  ``heads.discover`` with its sidecar), ``discover_eager`` (``output_attentions=True`` forward per sample and the
+  ``heads.discover`` with its sidecar, 8 samples per forward as by default; ``discover_b1``: one), ``discover_eager`` (``output_attentions=True`` forward per sample and the
   same scoring on the returned maps) and ``discover_floor`` (a plain SDPA forward of every layer per sample).
 
 Stage shares come from timers wrapped around the processor, the vision tower and the box step in the child (the
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from localize.benchmarks.capture_speed import _rss_kib
 
-MODES = ("bench", "bench_eager", "bench_floor", "discover", "discover_eager", "discover_floor")
+MODES = ("bench", "bench_eager", "bench_floor", "discover", "discover_b1", "discover_eager", "discover_floor")
 WORDS = ("the", "man", "woman", "left", "right", "red", "car", "dog", "big", "small", "on", "of", "next", "to", "tree")
 
 
@@ -175,14 +175,19 @@ def _discovery_samples(data: Path, count: int) -> list:
     return [source[i] for i in range(min(count, len(source)))]
 
 
-def _discover_toolkit(vlm, data: Path, work: Path, stages: Stages) -> int:
+def _discover_toolkit(vlm, data: Path, work: Path, stages: Stages, batch_size: int = 8) -> int:
     import localize.heads.discover
 
     samples = _discovery_samples(data, ARGS.samples)
+    sidecar = work / "sidecar.jsonl"
     localize.heads.discover.discover(
-        vlm, samples, skip_layers=SKIP_LAYERS, sidecar=work / "sidecar.jsonl", progress=False
+        vlm, samples, skip_layers=SKIP_LAYERS, batch_size=batch_size, sidecar=sidecar, progress=False
     )
     return len(samples)
+
+
+def _discover_one_at_a_time(vlm, data: Path, work: Path, stages: Stages) -> int:
+    return _discover_toolkit(vlm, data, work, stages, batch_size=1)
 
 
 def _discover_eager(vlm, data: Path, work: Path, stages: Stages) -> int:
@@ -220,7 +225,8 @@ def _discover_floor(vlm, data: Path, work: Path, stages: Stages) -> int:
 
 RUNNERS = {
     "bench": _bench_toolkit, "bench_eager": _bench_eager, "bench_floor": _bench_floor,
-    "discover": _discover_toolkit, "discover_eager": _discover_eager, "discover_floor": _discover_floor,
+    "discover": _discover_toolkit, "discover_b1": _discover_one_at_a_time, "discover_eager": _discover_eager,
+    "discover_floor": _discover_floor,
 }  # fmt: skip
 ARGS = argparse.Namespace(samples=20)
 SKIP_LAYERS = 2  # discovery's default: the first two layers are not scored
@@ -277,10 +283,10 @@ def report(results: dict[str, dict]) -> list[str]:
         shares = ", ".join(f"{k} {v / r['seconds']:.0%}" for k, v in sorted(r["stages"].items()))
         lines.append(f"{mode:<16}{r['items']:>6}{r['seconds']:>9.2f}{r['items'] / r['seconds']:>9.2f}"
                      f"{r['peak_mb']:>9.0f}  {shares}")  # fmt: skip
-    for job in ("bench", "discover"):
-        if not all(mode in results for mode in (job, f"{job}_eager", f"{job}_floor")):
+    for job, anchor in (("bench", "bench"), ("discover", "discover"), ("discover_b1", "discover")):
+        if not all(mode in results for mode in (job, f"{anchor}_eager", f"{anchor}_floor")):
             continue  # --modes left some out
-        tool, eager, floor = results[job], results[f"{job}_eager"], results[f"{job}_floor"]
+        tool, eager, floor = results[job], results[f"{anchor}_eager"], results[f"{anchor}_floor"]
         lines.append(
             f"{job}: {eager['seconds'] / tool['seconds']:.2f}x the anchor's throughput, peak memory "
             f"{tool['peak_mb'] / eager['peak_mb']:.2f}x the anchor's, time {tool['seconds'] / floor['seconds']:.2f}x "

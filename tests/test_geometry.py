@@ -423,3 +423,13 @@ def test_molmo2_rectangle_across_a_crop_border_round_trips(tiny_molmo2_vlm, case
     positions, tokens = _molmo2_token_means(vlm, batch)
     hires = batch.views[0][0]
     _rectangle_round_trip(hires.geometry, _view_means(positions, tokens, hires)[..., 0], box)
+
+
+@pytest.mark.parametrize(
+    "family, side",
+    [("tiny_idefics3_vlm", 384), ("tiny_internvl_vlm", 576), ("tiny_aya_vision_vlm", 576), ("tiny_molmo2_vlm", 304)],
+)
+def test_tiled_families_take_images_as_large_as_their_canvas(request, family, side):
+    """The longest canvas each processor can use (Idefics3's longest edge, InternVL's / Aya's max_patches tiles in
+    a row, Molmo2's max_crops windows): images up to it are not reduced on load."""
+    assert request.getfixturevalue(family).adapter.max_input_side == side

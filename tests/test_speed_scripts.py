@@ -22,7 +22,7 @@ def test_job_speed_runs_every_mode_and_prints_the_ratios(capsys):
     argv = ["--images", "2", "--per-image", "2", "--samples", "2", "--layers", "3", "--hidden", "64", "--heads", "2"]
     assert main([*argv, "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    for mode in ("bench", "bench_eager", "bench_floor", "discover", "discover_eager", "discover_floor"):
+    for mode in ("bench", "bench_eager", "bench_floor", "discover", "discover_b1", "discover_eager", "discover_floor"):
         assert f"\n{mode} " in out
     assert "bench: " in out and "x the anchor's throughput" in out and "discover: " in out
 

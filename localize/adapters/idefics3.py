@@ -36,6 +36,11 @@ class Idefics3Adapter(Adapter):
     description = "Idefics3 (SigLIP + Llama); tiles with <row_i_col_j> markers stitched, global view kept"
 
     @property
+    def max_input_side(self) -> int | None:
+        """The processor's longest edge (4 x 364 = 1456 px for Idefics3): images up to it reach the model whole."""
+        return self.image_size_setting("longest_edge")
+
+    @property
     def tokens_per_tile(self) -> int:
         """Image tokens per tile (and for the global view): the processor's ``image_seq_len``."""
         return int(self.processor.image_seq_len)

@@ -31,6 +31,15 @@ class InternVLAdapter(Adapter):
     description = "InternVL 2.5/3 (InternViT + Qwen2/InternLM); 448-px tiles stitched, thumbnail kept as its own view"
 
     @property
+    def max_input_side(self) -> int | None:
+        """The longest canvas the tiling can choose (``max_patches`` tiles in a row): images up to it reach the
+        model whole."""
+        processor = self.processor.image_processor
+        if not getattr(processor, "crop_to_patches", False):
+            return None
+        return int(processor.size["width"]) * int(processor.max_patches)
+
+    @property
     def tokens_per_tile(self) -> int:
         """Image tokens each tile becomes (``image_seq_length``: 256 for 448-px tiles, 14-px patches, shuffle 0.5)."""
         return int(self.model.config.image_seq_length)

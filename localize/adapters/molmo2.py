@@ -44,6 +44,13 @@ class Molmo2Adapter(Adapter):
             (pool_h, pool_w),
         )
 
+    @property
+    def max_input_side(self) -> int | None:
+        """The longest canvas the crops can cover (``max_crops`` windows in a row plus the margins)."""
+        crop, patch, margins, max_crops, _ = self._settings()
+        window = crop - sum(margins) * patch
+        return max_crops * window + sum(margins) * patch
+
     def views(self, inputs: dict[str, torch.Tensor], index: int, image_size: tuple[int, int]) -> tuple[ImageView, ...]:
         """The hi-res grid, then the low-res one (``<im_col>`` separators are not image tokens)."""
         positions = self.image_token_positions(inputs, index)
