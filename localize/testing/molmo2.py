@@ -31,14 +31,10 @@ def tiny_molmo2(
     """A random-weight ``Molmo2ForConditionalGeneration`` and its ``Molmo2Processor``: ``crop``-pixel crops of
     ``patch_size`` patches overlapping by ``margins`` patches a side, up to ``max_crops``, pooled 2 x 2."""
     from transformers import (
-        Molmo2AdapterConfig,
-        Molmo2Config,
         Molmo2ForConditionalGeneration,
         Molmo2ImageProcessor,
         Molmo2Processor,
-        Molmo2TextConfig,
         Molmo2VideoProcessor,
-        Molmo2VisionConfig,
     )
 
     tokenizer = word_tokenizer(
@@ -50,6 +46,28 @@ def tiny_molmo2(
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(MOLMO2_MARKERS)})  # matched inside words
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in MOLMO2_MARKERS}
+    config = _config(ids, len(tokenizer), crop, patch_size, vision_hidden, hidden, layers, heads, kv_heads)
+    torch.manual_seed(seed)
+    model = Molmo2ForConditionalGeneration(config).eval()
+    image_processor = Molmo2ImageProcessor(
+        size={"height": crop, "width": crop},
+        patch_size=patch_size,
+        max_crops=max_crops,
+        overlap_margins=[margins, margins],
+        pooling_size=[2, 2],
+    )
+    video_processor = Molmo2VideoProcessor(size={"height": crop, "width": crop}, patch_size=patch_size)
+    processor = Molmo2Processor(image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer)
+    return model, processor
+
+
+def _config(
+    ids: dict[str, int], vocab_size: int, crop: int, patch_size: int, vision_hidden: int, hidden: int, layers: int,
+    heads: int, kv_heads: int,
+):  # fmt: skip
+    """The ``Molmo2Config`` of :func:`tiny_molmo2` (ViT, attention-pooling adapter, LM; marker ids in ``ids``)."""
+    from transformers import Molmo2AdapterConfig, Molmo2Config, Molmo2TextConfig, Molmo2VisionConfig
+
     vision = Molmo2VisionConfig(
         hidden_size=vision_hidden,
         intermediate_size=vision_hidden * 2,
@@ -74,7 +92,7 @@ def tiny_molmo2(
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         head_dim=hidden // heads,
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         additional_vocab_size=0,
         num_hidden_layers=layers,
         intermediate_size=hidden * 2,
@@ -91,15 +109,4 @@ def tiny_molmo2(
         frame_start_token_id=ids["<frame_start>"],
         frame_end_token_id=ids["<frame_end>"],
     )
-    torch.manual_seed(seed)
-    model = Molmo2ForConditionalGeneration(config).eval()
-    image_processor = Molmo2ImageProcessor(
-        size={"height": crop, "width": crop},
-        patch_size=patch_size,
-        max_crops=max_crops,
-        overlap_margins=[margins, margins],
-        pooling_size=[2, 2],
-    )
-    video_processor = Molmo2VideoProcessor(size={"height": crop, "width": crop}, patch_size=patch_size)
-    processor = Molmo2Processor(image_processor=image_processor, video_processor=video_processor, tokenizer=tokenizer)
-    return model, processor
+    return config
