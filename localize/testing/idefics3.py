@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
+from .configs import small_text, small_vision
 from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, word_tokenizer
 
 MARKERS = ("<fake_token_around_image>", "<global-img>", "<end_of_utterance>", "<video>")
@@ -44,25 +45,8 @@ def tiny_idefics3(
     size = len(tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": [*MARKERS, *TILE_MARKERS]})  # matched inside words
     assert len(tokenizer) == size  # already in the vocabulary: no new ids
-    vision = parts["VisionConfig"](
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=tile,
-        patch_size=patch_size,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=8192,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    vision = small_vision(parts["VisionConfig"], vision_hidden, tile, patch_size)
+    text = small_text(LlamaConfig, tokenizer, hidden, layers, heads, kv_heads)
     config = parts["Config"](
         vision_config=vision,
         text_config=text,

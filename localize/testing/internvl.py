@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
+from .configs import small_text, small_vision
 from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, word_tokenizer
 
 INTERNVL_MARKERS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>"}
@@ -40,25 +41,8 @@ def tiny_internvl(
     tokenizer = word_tokenizer(
         words, specials, eos_token="</s>", extra_special_tokens={**INTERNVL_MARKERS, "video_token": "<video>"}
     )
-    vision = InternVLVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=[image_size, image_size],
-        patch_size=[patch_size, patch_size],
-    )
-    text = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=8192,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    vision = small_vision(InternVLVisionConfig, vision_hidden, [image_size, image_size], [patch_size, patch_size])
+    text = small_text(Qwen2Config, tokenizer, hidden, layers, heads, kv_heads)
     per_tile = (image_size // patch_size // 2) ** 2
     config = InternVLConfig(
         vision_config=vision,
@@ -117,26 +101,16 @@ def tiny_aya_vision(
     tile_names = tuple(f"TILE_{i}" for i in range(1, max_patches + 1))
     tokenizer = word_tokenizer(words, (*LLAVA_SPECIALS, *AYA_MARKERS, *tile_names), bos="<s>", eos_token="</s>")
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", *AYA_MARKERS, *tile_names]})
-    vision = SiglipVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
-    text = Cohere2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
+    vision = small_vision(SiglipVisionConfig, vision_hidden, image_size, patch_size)
+    text = small_text(
+        Cohere2Config,
+        tokenizer,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
         sliding_window=sliding_window,
-        max_position_embeddings=8192,
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     config = AyaVisionConfig(
         vision_config=vision,

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
+from .configs import small_text, small_vision
 from .tokenizers import DEFAULT_WORDS, LLAVA_SPECIALS, word_tokenizer
 
 # LLaVA-1.6's pinpoints ((h, w) multiples of the 336-px tile), in tiles.
@@ -38,27 +39,8 @@ def tiny_llava_next(
     tokenizer = word_tokenizer(
         words, LLAVA_SPECIALS, bos="<s>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"}
     )
-    vision = CLIPVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=vision_hidden,
-    )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    vision = small_vision(CLIPVisionConfig, vision_hidden, image_size, patch_size, projection_dim=vision_hidden)
+    text = small_text(LlamaConfig, tokenizer, hidden, layers, heads, kv_heads, bos_token_id=tokenizer.bos_token_id)
     pinpoints = [[rows * image_size, cols * image_size] for rows, cols in PINPOINT_TILES]
     config = LlavaNextConfig(
         vision_config=vision,
@@ -116,25 +98,8 @@ def tiny_llava_onevision(
         eos_token="</s>",
         extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
     )
-    vision = SiglipVisionConfig(
-        hidden_size=vision_hidden,
-        intermediate_size=vision_hidden * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
-    text = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        max_position_embeddings=8192,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    vision = small_vision(SiglipVisionConfig, vision_hidden, image_size, patch_size)
+    text = small_text(Qwen2Config, tokenizer, hidden, layers, heads, kv_heads)
     pinpoints = [[rows * image_size, cols * image_size] for rows in range(1, 7) for cols in range(1, 7)]
     aspect = f"anyres_max_{max_tiles}"
     config = LlavaOnevisionConfig(
