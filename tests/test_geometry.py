@@ -300,39 +300,6 @@ def _side(value) -> int:
     return int(value[0] if isinstance(value, (list, tuple)) else value)
 
 
-INTERNVL_SIZES = [(200, 120), (90, 181), (60, 60), (250, 40), (40, 230), (150, 150)]  # 2x3, 2x1, 1, 1x6, 6x1, 2x2
-
-
-@pytest.mark.parametrize("family", ["tiny_internvl_vlm", "tiny_aya_vision_vlm"])
-@pytest.mark.parametrize("size", INTERNVL_SIZES)
-def test_internvl_views_map_to_their_source_region(request, family, size):
-    """InternVL / Aya Vision: the stitched tiles and the thumbnail against the pixels the real processor gave each
-    token (the model's own pixel shuffle, tokens in the order the model scatters them)."""
-    vlm = request.getfixturevalue(family)
-    width, height = size
-    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
-    positions, tokens = _internvl_token_means(vlm, batch)
-    views = batch.views[0]
-    assert [v.name for v in views] == ["tiles", *vlm.adapter.view_names[1:]][
-        : 1 + (len(batch.inputs["pixel_values"]) > 1)
-    ]
-    for view in views:
-        means = _view_means(positions, tokens, view)
-        assert _check_cells(view.geometry, means, width, height) >= view.geometry.rows * view.geometry.cols // 4
-
-
-@pytest.mark.parametrize("family", ["tiny_internvl_vlm", "tiny_aya_vision_vlm"])
-@pytest.mark.parametrize("case", list(TILED_RECTANGLES))
-def test_internvl_rectangle_across_a_tile_border_round_trips(request, family, case):
-    """A rectangle crossing tile borders comes back within one cell from the stitched cells that show it."""
-    vlm = request.getfixturevalue(family)
-    size, box = TILED_RECTANGLES[case]
-    batch = vlm.adapter.prepare([_rectangle_image(*size, box)], ["the dog"])
-    positions, tokens = _internvl_token_means(vlm, batch)
-    tiles = batch.views[0][0]
-    _rectangle_round_trip(tiles.geometry, _view_means(positions, tokens, tiles)[..., 0], box)
-
-
 def _idefics3_token_means(vlm, batch) -> tuple[torch.Tensor, np.ndarray]:
     """Each Idefics3 / SmolVLM image token's decoded source pixels: per-patch means of every tile (the global
     view last) through the connector's own ``pixel_shuffle``, in the order the model scatters them."""
@@ -343,22 +310,6 @@ def _idefics3_token_means(vlm, batch) -> tuple[torch.Tensor, np.ndarray]:
     shuffled = vlm.model.model.connector.pixel_shuffle(torch.from_numpy(np.ascontiguousarray(means)).float(), 2)
     tokens = shuffled.reshape(len(tiles), -1, 4, 3).mean(2).reshape(-1, 3).numpy()
     return vlm.adapter.image_token_positions(batch.inputs, 0), tokens
-
-
-@pytest.mark.parametrize("family", ["tiny_idefics3_vlm", "tiny_smolvlm_vlm"])
-@pytest.mark.parametrize("size", [(200, 120), (90, 181), (60, 60), (250, 40), (150, 100)])  # 3x4, 4x2, 4x4, 1x4, 3x4
-def test_idefics3_views_map_to_their_source_region(request, family, size):
-    """Idefics3 / SmolVLM: the stitched tiles (rows and columns read from the <row_i_col_j> markers) and the
-    global view against the pixels the real processor gave each token."""
-    vlm = request.getfixturevalue(family)
-    width, height = size
-    batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
-    positions, tokens = _idefics3_token_means(vlm, batch)
-    views = batch.views[0]
-    assert [v.name for v in views] == ["tiles", "global"]
-    for view in views:
-        means = _view_means(positions, tokens, view)
-        assert _check_cells(view.geometry, means, width, height) >= view.geometry.rows * view.geometry.cols // 4
 
 
 def test_idefics3_an_unsplit_image_grounds_on_its_global_view(tiny_idefics3_vlm):
@@ -376,17 +327,6 @@ def test_idefics3_an_unsplit_image_grounds_on_its_global_view(tiny_idefics3_vlm)
     assert _check_cells(view.geometry, _view_means(positions, tokens, view), 200, 120) >= 9
 
 
-@pytest.mark.parametrize("case", list(TILED_RECTANGLES))
-def test_idefics3_rectangle_across_a_tile_border_round_trips(tiny_idefics3_vlm, case):
-    """A rectangle crossing tile borders comes back within one cell from the stitched cells that show it."""
-    vlm = tiny_idefics3_vlm
-    size, box = TILED_RECTANGLES[case]
-    batch = vlm.adapter.prepare([_rectangle_image(*size, box)], ["the dog"])
-    positions, tokens = _idefics3_token_means(vlm, batch)
-    tiles = batch.views[0][0]
-    _rectangle_round_trip(tiles.geometry, _view_means(positions, tokens, tiles)[..., 0], box)
-
-
 def _molmo2_token_means(vlm, batch) -> tuple[torch.Tensor, np.ndarray]:
     """Each Molmo2 image token's decoded source pixels: the mean of the patches its ``image_token_pooling`` row
     names (the processor's own crops, margins and pooling), rows in the order the model adds them."""
@@ -399,30 +339,46 @@ def _molmo2_token_means(vlm, batch) -> tuple[torch.Tensor, np.ndarray]:
     return vlm.adapter.image_token_positions(batch.inputs, 0), tokens
 
 
-@pytest.mark.parametrize("size", [(200, 120), (90, 181), (60, 60), (250, 40), (40, 230), (150, 150)])
-def test_molmo2_views_map_to_their_source_region(tiny_molmo2_vlm, size):
-    """Molmo2: the hi-res canvas of overlapping crops and the low-res view against the pixels the real processor
-    pooled into each token."""
-    vlm = tiny_molmo2_vlm
+TOKEN_MEANS = {  # family -> each image token's decoded source pixels, laid out by the model's own code
+    "tiny_internvl_vlm": _internvl_token_means,
+    "tiny_aya_vision_vlm": _internvl_token_means,
+    "tiny_idefics3_vlm": _idefics3_token_means,
+    "tiny_smolvlm_vlm": _idefics3_token_means,
+    "tiny_molmo2_vlm": _molmo2_token_means,
+}
+# Tilings picked (rows x cols): InternVL / Aya 2x3, 2x1, 1 (no thumbnail), 1x6, 6x1, 2x2; Idefics3 / SmolVLM 3x4,
+# 4x2, 4x4, 1x4, 4x1, 4x4; Molmo2 crops of each shape.
+VIEW_SIZES = [(200, 120), (90, 181), (60, 60), (250, 40), (40, 230), (150, 150)]
+
+
+@pytest.mark.parametrize("family", list(TOKEN_MEANS))
+@pytest.mark.parametrize("size", VIEW_SIZES)
+def test_tiled_views_map_to_their_source_region(request, family, size):
+    """InternVL, Aya Vision, Idefics3, SmolVLM, Molmo2: every view (stitched tiles or crops, thumbnail / global /
+    low-res) against the pixels the real processor gave each token, in the order the model scatters them."""
+    vlm = request.getfixturevalue(family)
     width, height = size
     batch = vlm.adapter.prepare([_coordinate_image(width, height)], ["the dog"])
-    positions, tokens = _molmo2_token_means(vlm, batch)
+    positions, tokens = TOKEN_MEANS[family](vlm, batch)
     views = batch.views[0]
-    assert [v.name for v in views] == ["hi-res", "low-res"]
+    assert [v.name for v in views] == list(vlm.adapter.view_names[: len(views)])
+    assert len(views) == 2 or (family in ("tiny_internvl_vlm", "tiny_aya_vision_vlm") and size == (60, 60))
     for view in views:
         means = _view_means(positions, tokens, view)
         assert _check_cells(view.geometry, means, width, height) >= view.geometry.rows * view.geometry.cols // 4
 
 
+@pytest.mark.parametrize("family", list(TOKEN_MEANS))
 @pytest.mark.parametrize("case", list(TILED_RECTANGLES))
-def test_molmo2_rectangle_across_a_crop_border_round_trips(tiny_molmo2_vlm, case):
-    """A rectangle crossing crop borders comes back within one cell from the hi-res cells that show it."""
-    vlm = tiny_molmo2_vlm
+def test_tiled_rectangle_across_tile_borders_round_trips(request, family, case):
+    """A rectangle crossing tile (or crop) borders comes back within one cell from the grounding view's cells
+    that show it."""
+    vlm = request.getfixturevalue(family)
     size, box = TILED_RECTANGLES[case]
     batch = vlm.adapter.prepare([_rectangle_image(*size, box)], ["the dog"])
-    positions, tokens = _molmo2_token_means(vlm, batch)
-    hires = batch.views[0][0]
-    _rectangle_round_trip(hires.geometry, _view_means(positions, tokens, hires)[..., 0], box)
+    positions, tokens = TOKEN_MEANS[family](vlm, batch)
+    grounding = batch.views[0][0]
+    _rectangle_round_trip(grounding.geometry, _view_means(positions, tokens, grounding)[..., 0], box)
 
 
 @pytest.mark.parametrize(
