@@ -28,7 +28,6 @@ def tiny_internvl(
     """A random-weight ``InternVLForConditionalGeneration`` and its ``InternVLProcessor``: ``image_size``-pixel
     tiles of ``(image_size / patch_size / 2)^2`` tokens, 1 to ``max_patches`` tiles plus a thumbnail."""
     from transformers import (
-        GotOcr2ImageProcessor,
         InternVLConfig,
         InternVLForConditionalGeneration,
         InternVLProcessor,
@@ -55,12 +54,7 @@ def tiny_internvl(
     )
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
-    image_processor = GotOcr2ImageProcessor(
-        size={"height": image_size, "width": image_size},
-        crop_to_patches=True,
-        min_patches=1,
-        max_patches=max_patches,
-    )
+    image_processor = _tile_processor(image_size, max_patches)
     processor = InternVLProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -94,7 +88,6 @@ def tiny_aya_vision(
         AyaVisionForConditionalGeneration,
         AyaVisionProcessor,
         Cohere2Config,
-        GotOcr2ImageProcessor,
         SiglipVisionConfig,
     )
 
@@ -122,12 +115,7 @@ def tiny_aya_vision(
     )
     torch.manual_seed(seed)
     model = AyaVisionForConditionalGeneration(config).eval()
-    image_processor = GotOcr2ImageProcessor(
-        size={"height": image_size, "width": image_size},
-        crop_to_patches=True,
-        min_patches=1,
-        max_patches=max_patches,
-    )
+    image_processor = _tile_processor(image_size, max_patches)
     processor = AyaVisionProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -136,3 +124,11 @@ def tiny_aya_vision(
         downsample_factor=2,
     )
     return model, processor
+
+
+def _tile_processor(image_size: int, max_patches: int):
+    """GOT-OCR2's image processor as InternVL and Aya Vision use it: 1 to ``max_patches`` tiles (plus a thumbnail)."""
+    from transformers import GotOcr2ImageProcessor
+
+    size = {"height": image_size, "width": image_size}
+    return GotOcr2ImageProcessor(size=size, crop_to_patches=True, min_patches=1, max_patches=max_patches)
