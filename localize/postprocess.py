@@ -184,11 +184,11 @@ def fuse_views(views: list[tuple[np.ndarray, GridGeometry]], settings: Grounding
     total, count = None, None
     for maps, geometry in views:
         upsampled, covered = image_map(maps, geometry, settings)
-        values = upsampled[covered]
         if total is None:
             total, count = np.zeros_like(upsampled), np.zeros(upsampled.shape, np.int32)
-        if values.size and values.max() - values.min() > 1e-6 * max(abs(values.max()), 1e-12):
-            total += np.where(covered, (upsampled - values.min()) / (values.max() - values.min()), 0.0)
+        scaled = _scaled(upsampled, covered)
+        if scaled is not None:  # a view whose map is flat carries no location: it does not vote
+            total += scaled
             count += covered
     if total is None:
         raise InputError("no views to fuse")
@@ -213,22 +213,31 @@ def image_map(maps: np.ndarray, geometry: GridGeometry, settings: GroundingSetti
     return geometry.to_image(summed), covered
 
 
+def _scaled(upsampled: np.ndarray, covered: np.ndarray) -> np.ndarray | None:
+    """``upsampled`` scaled to [0, 1] over the covered pixels (0 elsewhere); None when it is flat there (or nothing
+    is covered): such a map carries no location."""
+    values = upsampled[covered]
+    if values.size == 0:
+        return None
+    low, high = float(values.min()), float(values.max())
+    if not high - low > 1e-6 * max(abs(high), abs(low), 1e-12):
+        return None
+    return np.where(covered, (upsampled - low) / (high - low), 0.0)
+
+
 def image_map_to_grounding(upsampled: np.ndarray, covered: np.ndarray, settings: GroundingSettings) -> Grounding:
     """An image-sized map -> box, mask, heatmap and score: binarise (over covered pixels), 8-connected components,
     the largest convex hull, its tight box."""
     height, width = upsampled.shape
     whole = (0.0, 0.0, float(width), float(height))
     nothing = Grounding(whole, np.zeros((height, width), bool), np.zeros((height, width), np.float32), 0.0)
-    if not covered.any():
+    scaled = _scaled(upsampled, covered)
+    if scaled is None:
         return nothing
-    values = upsampled[covered]
-    low, high = float(values.min()), float(values.max())
-    if not high - low > 1e-6 * max(abs(high), abs(low), 1e-12):
-        return nothing
-    heatmap = np.where(covered, (upsampled - low) / (high - low), 0.0).astype(np.float32)
+    heatmap = scaled.astype(np.float32)
 
     if settings.threshold == "mean":
-        binary = covered & (upsampled > values.mean())
+        binary = covered & (upsampled > upsampled[covered].mean())
     else:
         binary = covered & (heatmap >= float(settings.threshold))
     labels, count = ndimage.label(binary, structure=_EIGHT)
