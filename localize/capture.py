@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from transformers import AttentionInterface, DynamicCache
+from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -251,23 +252,36 @@ def _shared_prefix_length(batch: PreparedBatch, queries: torch.Tensor) -> int:
     return length if length > last_image else 0
 
 
-# Phrases per pass after a shared image prefix: each copies the prefix's keys and values, so 2 keeps the peak near
-# one phrase's (benchmarks/job_speed.py) at little cost in passes.
-SUFFIX_BATCH = 2
+# Phrases per pass after a shared image prefix. The prefix's keys and values are shared, not copied (see
+# _SharedPrefixLayer), so a pass costs only its own suffix: benchmarks/job_speed.py.
+SUFFIX_BATCH = 8
 
 
-def _expand_cache(cache: DynamicCache, batch_size: int) -> DynamicCache:
-    """A fresh cache holding ``cache``'s keys/values repeated for ``batch_size`` sequences."""
-    expanded = DynamicCache()  # config-less: sliding-window layers keep every key, so the suffix sees them (F3)
-    for layer_idx, layer in enumerate(cache.layers):
+class _SharedPrefixLayer(DynamicLayer):
+    """One layer's cache for a suffix pass: the prefix's keys/values (batch 1) seen by every sequence of the pass.
+
+    ``update`` returns them broadcast and joined to the suffix's own keys/values, for this layer's attention only;
+    nothing is stored, so the prefix is never copied per sequence and the cache ends the pass as it began."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values, self.device, self.is_initialized = keys, values, keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        batch = key_states.shape[0]
+        keys = torch.cat([self.keys.expand(batch, -1, -1, -1), key_states], dim=-2)
+        values = torch.cat([self.values.expand(batch, -1, -1, -1), value_states], dim=-2)
+        return keys, values
+
+
+def _shared_prefix_cache(cache: DynamicCache) -> DynamicCache:
+    """A cache whose layers hand ``cache``'s prefix to every sequence of a suffix pass without copying it."""
+    shared = DynamicCache()  # config-less: sliding-window layers keep every key, so the suffix sees them (F3)
+    for layer in cache.layers:
         if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
             break
-        expanded.update(
-            layer.keys.expand(batch_size, -1, -1, -1).contiguous(),
-            layer.values.expand(batch_size, -1, -1, -1).contiguous(),
-            layer_idx,
-        )
-    return expanded
+        shared.layers.append(_SharedPrefixLayer(layer.keys, layer.values))
+    return shared
 
 
 class Capturer:
@@ -296,8 +310,8 @@ class Capturer:
         ``images``: one image for every phrase (then the image prefix is computed once), or one per phrase.
         ``query_positions``: per phrase, a token index (negative: counted back from the last real token, -1 = the
         last); default the last input token. ``differentiable`` keeps the autograd graph (fine-tuning).
-        ``suffix_batch``: phrases per pass after a shared prefix (each holds its own copy of the prefix's keys and
-        values: larger batches trade memory for fewer passes).
+        ``suffix_batch``: phrases per pass after a shared prefix (the prefix's keys and values are shared, not
+        copied; a pass holds its phrases' suffixes and one layer's joined keys at a time).
         """
         if int(suffix_batch) < 1:
             raise InputError(f"suffix_batch must be >= 1, got {suffix_batch!r}")
@@ -362,7 +376,7 @@ class Capturer:
             pass
 
     def _run_with_prefix(self, batch: PreparedBatch, recorder: Recorder, length: int, suffix_batch: int) -> None:
-        cache = DynamicCache()  # config-less (F3): see _expand_cache
+        cache = DynamicCache()  # config-less (F3): see _shared_prefix_cache
         prefix_only = Recorder(
             heads_by_layer={}, query_positions=recorder.query_positions, stop_after=recorder.stop_after
         )
@@ -373,7 +387,7 @@ class Capturer:
             stop = min(start + suffix_batch, batch.batch_size)
             part = dataclasses.replace(recorder, query_positions=recorder.query_positions[start:stop], rows={})
             inputs = self.adapter.slice_suffix(suffix, start, stop)
-            self._run(inputs, part, use_cache=True, cache=_expand_cache(cache, stop - start))
+            self._run(inputs, part, use_cache=True, cache=_shared_prefix_cache(cache))
             for layer, rows in part.rows.items():
                 parts.setdefault(layer, []).append(rows)
         recorder.rows = {layer: torch.cat(rows) for layer, rows in parts.items()}
