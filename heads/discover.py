@@ -90,6 +90,25 @@ class DiscoveryResult:
         """The selected heads as ``"L14 H24"``."""
         return self.heads_file.heads_str
 
+    def summary_png(self) -> bytes:
+        """The sorted S_img curve with tau and the selection-frequency bars, side by side, as PNG bytes."""
+        from .figures import summary_png
+
+        hf = self.heads_file
+        method = hf.settings.get("tau_method") or "given"
+        return summary_png(hf.mean_sum, hf.tau, method, np.nan_to_num(hf.frequency, nan=0.0))
+
+    def _repr_png_(self) -> bytes:
+        return self.summary_png()
+
+    def show(self) -> None:
+        """Open :meth:`summary_png` in the system's image viewer."""
+        import io
+
+        from PIL import Image
+
+        Image.open(io.BytesIO(self.summary_png())).show()
+
     def save(self, out: str | os.PathLike) -> dict[str, Path]:
         """Write the heads file atomically and the three figures next to it; returns the paths by name. With no
         head selected there is no heads file (a pipeline must not ground with it); the figures and the sidecar

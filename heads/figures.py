@@ -36,12 +36,11 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def plot_sum_curve(mean_sums, tau: float, path: str | os.PathLike, method: str = "chord") -> Path:
-    """Heads' mean ``S_img`` sorted ascending, ``tau`` marked with its ``method`` and the heads passing it."""
+def draw_sum_curve(ax, mean_sums, tau: float, method: str = "chord") -> None:
+    """Draw heads' mean ``S_img`` sorted ascending on ``ax``, ``tau`` marked with its ``method``."""
     y = np.sort(np.asarray(mean_sums, dtype=np.float64).ravel())
     y = y[np.isfinite(y)]
     kept = int((y >= tau).sum())
-    fig, ax = _figure((7, 4.5))
     ax.plot(np.arange(y.size), y, lw=1.8, color="tab:blue", label="mean $S_{img}$ per head")
     ax.axhline(
         tau, color="tab:red", ls="--", lw=1.2, label=f"$\\tau$ = {tau:.4g} ({method}): {kept} of {y.size} heads pass"
@@ -55,16 +54,21 @@ def plot_sum_curve(mean_sums, tau: float, path: str | os.PathLike, method: str =
     ax.set_ylabel("mean attention sum over image tokens, $S_{img}$")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
+
+
+def plot_sum_curve(mean_sums, tau: float, path: str | os.PathLike, method: str = "chord") -> Path:
+    """Heads' mean ``S_img`` sorted ascending, ``tau`` marked with its ``method`` and the heads passing it."""
+    fig, ax = _figure((7, 4.5))
+    draw_sum_curve(ax, mean_sums, tau, method)
     return _save(fig, path)
 
 
-def plot_frequency_bars(frequency, path: str | os.PathLike, top: int = 20) -> Path:
-    """Bars of the ``top`` most frequently selected heads (``[layers, heads]`` -> ``"L14 H24"`` labels)."""
+def draw_frequency_bars(ax, frequency, top: int = 20) -> None:
+    """Draw bars of the ``top`` most frequently selected heads on ``ax``."""
     freq = np.asarray(frequency, dtype=np.float64)
     flat = freq.ravel()
     order = np.lexsort((np.arange(flat.size), -flat))
     order = order[flat[order] > 0][:top]
-    fig, ax = _figure((max(6.0, 0.42 * max(len(order), 1) + 2), 4.5))
     x = np.arange(len(order))
     ax.bar(x, flat[order] * 100, color="tab:blue")
     ax.set_xticks(x, _labels(freq.shape, order), rotation=60, ha="right", fontsize=8)
@@ -74,7 +78,29 @@ def plot_frequency_bars(frequency, path: str | os.PathLike, top: int = 20) -> Pa
     ax.grid(axis="y", alpha=0.3)
     if not len(order):
         ax.text(0.5, 0.5, "no head was selected", ha="center", va="center", transform=ax.transAxes)
+
+
+def plot_frequency_bars(frequency, path: str | os.PathLike, top: int = 20) -> Path:
+    """Bars of the ``top`` most frequently selected heads (``[layers, heads]`` -> ``"L14 H24"`` labels)."""
+    shown = min(top, int((np.asarray(frequency) > 0).sum()))
+    fig, ax = _figure((max(6.0, 0.42 * max(shown, 1) + 2), 4.5))
+    draw_frequency_bars(ax, frequency, top)
     return _save(fig, path)
+
+
+def summary_png(mean_sums, tau: float, method: str, frequency, top: int = 20) -> bytes:
+    """The S_img curve and the frequency bars side by side, as PNG bytes (a discovery result's picture)."""
+    import io
+
+    fig = Figure(figsize=(13, 4.5))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    draw_sum_curve(left, mean_sums, tau, method)
+    draw_frequency_bars(right, frequency, top)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    return buffer.getvalue()
 
 
 def plot_rank_iou(frequency, mean_iou, rho: float, path: str | os.PathLike, min_frequency: float = 0.01) -> Path:

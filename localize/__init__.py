@@ -20,6 +20,8 @@ _EXPORTS = {
     "all_heads": ".capture",
     "LocalizeError": ".errors",
     "GridGeometry": ".geometry",
+    "Grounding": ".grounder",
+    "Groundings": ".grounder",
     "Localizer": ".grounder",
     "load": ".grounder",
     "load_image": ".images",
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from .capture import AttentionMaps, all_heads
     from .errors import LocalizeError
     from .geometry import GridGeometry
-    from .grounder import Localizer, load
+    from .grounder import Grounding, Groundings, Localizer, load
     from .images import load_image
     from .models import VLM, load_model
 
@@ -47,6 +49,8 @@ __all__ = [
     "VLM",
     "AttentionMaps",
     "GridGeometry",
+    "Grounding",
+    "Groundings",
     "LocalizeError",
     "Localizer",
     "__version__",

@@ -14,11 +14,13 @@ a per-call :class:`Recorder` passed down the forward as a keyword argument. No p
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -201,6 +203,49 @@ class AttentionMaps:
             return self.maps[[index[tuple(h)] for h in heads]]
         except KeyError as err:
             raise HeadsMismatchError(f"head {err.args[0]} was not captured") from None
+
+    def subset(self, heads: Iterable[Head]) -> AttentionMaps:
+        """The same capture restricted to ``heads`` (each must have been captured), in that order, every view."""
+        index = {h: i for i, h in enumerate(self.heads)}
+        heads = [tuple(h) for h in heads]
+        missing = [h for h in heads if h not in index]
+        if missing:
+            raise HeadsMismatchError(f"head {missing[0]} was not captured")
+        rows = [index[h] for h in heads]
+        return dataclasses.replace(
+            self,
+            maps=self.maps[rows],
+            heads=tuple(heads),
+            image_mass=self.image_mass[rows],
+            views=tuple((name, maps[rows], geometry) for name, maps, geometry in self.views),
+        )
+
+    def render(self, cols: int = 8) -> Any:
+        """The heads' maps as a grid of tiles (PIL image), each labelled with its head and S_img."""
+        from .headsfile import format_head
+        from .viz import render_head_grid
+
+        maps = self.maps.detach().float().cpu().numpy()
+        count, cols = len(self.heads), max(1, min(cols, len(self.heads)))
+        rows = -(-count // cols)
+        tiles = np.zeros((rows * cols, *maps.shape[1:]), dtype=np.float32)
+        tiles[:count] = maps
+        mass = self.image_mass.detach().float().cpu().numpy()
+        labels = [f"{format_head(h)}\nS_img {m:.2f}" for h, m in zip(self.heads, mass)]
+        return render_head_grid(tiles.reshape(rows, cols, *maps.shape[1:]), labels)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`render` as a PNG."""
+        self.render().save(path, format="PNG")
+
+    def show(self) -> None:
+        """Open :meth:`render` in the system's image viewer."""
+        self.render().show()
+
+    def _repr_png_(self) -> bytes:
+        from .viz import png_bytes
+
+        return png_bytes(self.render())
 
     def dense(self, num_layers: int, num_heads: int) -> torch.Tensor:
         """``[num_layers, num_heads, rows, cols]`` with NaN where a head was not captured."""

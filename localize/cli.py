@@ -37,6 +37,12 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run_reproduce",
         "the paper's protocol end to end",
     ),
+    "explore": (
+        "localize.heads.explore_app",
+        "add_arguments",
+        "run",
+        "every head's map for an image and phrase, in the browser (Gradio)",
+    ),
     "finetune": (
         "localize.finetune.command",
         "add_arguments",

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,34 @@ class Grounding:
     maps: np.ndarray | None = None
     query_position: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    image: Any = field(default=None, repr=False, compare=False)  # the RGB image it was grounded in (as loaded)
+
+    def render(self, caption: bool = False) -> Any:
+        """The overlay (PIL image at the loaded image's size): heatmap, box (red), mask outline (cyan); with
+        ``caption`` the phrase in a band under it."""
+        from .viz import render_overlay
+
+        if self.image is None:
+            raise InputError("this grounding holds no image to draw on (it was built from maps alone)")
+        factor = int(self.meta.get("reduced_by", 1))  # an image reduced on load is drawn at its loaded size
+        side = max(self.image.size)
+        return render_overlay(
+            self.image, self.heatmap, tuple(v / factor for v in self.box), self.mask[::factor, ::factor],
+            phrase=self.phrase if caption else None, min_size=side, max_size=side,
+        )  # fmt: skip
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`render` as a PNG."""
+        self.render().save(path, format="PNG")
+
+    def show(self) -> None:
+        """Open :meth:`render` in the system's image viewer."""
+        self.render().show()
+
+    def _repr_png_(self) -> bytes:
+        from .viz import png_bytes
+
+        return png_bytes(self.render())
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly result: box, mask as COCO RLE, score, heads."""
@@ -57,6 +86,29 @@ class Grounding:
             "heads": [list(h) for h in self.heads],
             **self.meta,
         }
+
+
+class Groundings(list):
+    """A list of :class:`Grounding` that draws itself as a gallery (one captioned overlay per phrase)."""
+
+    def render(self, cols: int = 3) -> Any:
+        """The gallery as a PIL image."""
+        from .viz import render_gallery
+
+        return render_gallery([g.render(caption=True) for g in self], cols=min(cols, max(1, len(self))))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`render` as a PNG."""
+        self.render().save(path, format="PNG")
+
+    def show(self) -> None:
+        """Open :meth:`render` in the system's image viewer."""
+        self.render().show()
+
+    def _repr_png_(self) -> bytes | None:
+        from .viz import png_bytes
+
+        return png_bytes(self.render()) if self else None
 
 
 class Localizer:
@@ -95,12 +147,12 @@ class Localizer:
         """Ground one phrase in one image."""
         return self.ground_many(image, [phrase], return_maps=return_maps)[0]
 
-    def ground_many(self, image: ImageLike, phrases: Sequence[str], *, return_maps: bool = False) -> list[Grounding]:
+    def ground_many(self, image: ImageLike, phrases: Sequence[str], *, return_maps: bool = False) -> Groundings:
         """Ground several phrases in one image: the image prefix and the SAM embedding are computed once."""
         if isinstance(phrases, str):
             raise InputError("ground_many takes a list of phrases; use ground() for one")
         if not phrases:  # a batch API: nothing in, nothing out
-            return []
+            return Groundings()
         phrases = check_phrases(list(phrases))
         pil = self.load_image(image)
         captured = self.vlm.capture(pil, list(phrases), list(self.heads))
@@ -108,18 +160,18 @@ class Localizer:
 
     def ground_batch(
         self, images: Sequence[ImageLike], phrases: Sequence[str], *, return_maps: bool = False
-    ) -> list[Grounding]:
+    ) -> Groundings:
         """Ground ``phrases[i]`` in ``images[i]`` with one batched forward (images of any sizes)."""
         if len(images) != len(phrases):
             raise InputError(f"{len(images)} images for {len(phrases)} phrases")
         pils = [self.load_image(image) for image in images]
         captured = self.vlm.capture(pils, list(phrases), list(self.heads))
-        results: list[Grounding] = []
+        results = Groundings()
         for pil, phrase, maps in zip(pils, phrases, captured):
             results.extend(self._finish(pil, [phrase], [maps], return_maps))
         return results
 
-    def ground_phrases(self, image: ImageLike, text: str, *, return_maps: bool = False) -> list[Grounding]:
+    def ground_phrases(self, image: ImageLike, text: str, *, return_maps: bool = False) -> Groundings:
         """Ground every noun chunk of ``text`` (spaCy), each from its last token's attention inside the full text.
 
         A causal LM's token sees only what precedes it, so the chunk's last token (usually its head noun) carries
@@ -149,7 +201,18 @@ class Localizer:
         full = length(adapter.format_prompt(text))
         return [length(adapter.format_prompt(text[:end])) - full - 1 for end in ends]
 
-    def _finish(self, image, phrases: list[str], captured, return_maps: bool) -> list[Grounding]:
+    def with_heads(self, heads: Sequence[Head], source: str = "given") -> Localizer:
+        """The same model, settings and refiner grounding with ``heads`` instead (nothing is reloaded)."""
+        return Localizer(self.vlm, heads, self.settings, self.sam, self.sam_prompt, heads_source=source)
+
+    def ground_captured(self, image: Any, phrases: Sequence[str], captured: Sequence[Any]) -> Groundings:
+        """Ground from maps already captured on ``image`` (as :meth:`load_image` returned it), one
+        :class:`~localize.capture.AttentionMaps` per phrase holding at least this localizer's heads: no forward
+        pass (e.g. the explorer's head toggles over one all-heads capture)."""
+        subsets = [maps.subset(self.heads) for maps in captured]
+        return self._finish(image, list(phrases), subsets, return_maps=False)
+
+    def _finish(self, image, phrases: list[str], captured, return_maps: bool) -> Groundings:
         view = self.settings.view
         if view == "fuse":
             grids = [[m.detach().cpu().numpy() for _, m, _ in maps.views] for maps in captured]
@@ -164,8 +227,9 @@ class Localizer:
             result.meta["view"] = "fuse" if view == "fuse" else maps.view
             result.query_position = maps.query_position
             result.meta["unknown_words"] = unknown_words(self.vlm.adapter.tokenizer, result.phrase)
+            result.image = image
         factor = reduced_by(image)
-        return [_to_original(r, factor, original_size(image)) for r in results] if factor > 1 else results
+        return Groundings(_to_original(r, factor, original_size(image)) if factor > 1 else r for r in results)
 
     def ground_maps(
         self,
@@ -203,6 +267,12 @@ class Localizer:
                 )
             )
         return results
+
+    def result_record(self, image: Any, groundings: Sequence[Grounding], source: str) -> dict[str, Any]:
+        """The JSON ``localize ground --out`` writes: the image, its original size, one record per grounding, and
+        :meth:`info`."""
+        size = [int(v) for v in original_size(image)]
+        return {"image": source, "image_size": size, "results": [g.to_json() for g in groundings], **self.info()}
 
     def info(self) -> dict[str, Any]:
         """Everything to record beside results: model, heads and their source, settings, SAM prompt."""

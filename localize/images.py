@@ -17,6 +17,16 @@ ImageLike = str | os.PathLike | Image.Image | np.ndarray
 # 12000 x 12000 photo would otherwise cost gigabytes in the decoder, the processor and the full-size maps.
 MAX_SIDE = 1024
 _REDUCED_BY, _ORIGINAL_SIZE = "localize_reduced_by", "localize_original_size"
+# Example images shipped in the package (benchmarks/shapes_tiny/examples.py draws them): `localize ground --example`
+# and the explorer offer them.
+EXAMPLES = ("red-circle-blue-square.png", "three-shapes-light.png", "four-shapes-grey.png")
+
+
+def example_image(name: str = EXAMPLES[0]) -> str:
+    """The path of shipped example image ``name`` (one of ``EXAMPLES``)."""
+    if name not in EXAMPLES:
+        raise ImageError(f"no example image {name!r}; examples: {', '.join(EXAMPLES)}")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "examples", name)
 
 
 def load_image(

@@ -56,8 +56,10 @@ ALIASES: dict[str, str] = {
 }
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# The shapes-world model (see benchmarks/shapes_tiny/TRIALS.md): the grounding default, and the base it was fine-tuned from.
-EMBEDDED: dict[str, Path] = {name: ASSETS / name for name in ("shapes-tiny", "shapes-tiny-base")}
+# The shapes-world models (README, "The shapes world"; benchmarks/shapes_tiny/TRIALS.md): shapes-tiny, the grounding
+# default (attention-supervised in training, heads found blind); shapes-tiny-base (answers only) and
+# shapes-tiny-wtl (that base after Where-to-Look KL fine-tuning of its discovered heads).
+EMBEDDED: dict[str, Path] = {name: ASSETS / name for name in ("shapes-tiny", "shapes-tiny-base", "shapes-tiny-wtl")}
 
 
 def known_aliases() -> dict[str, str]:

@@ -201,3 +201,78 @@ def render_gallery(
         os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
         figure.save(path)
     return figure
+
+
+SELECTED_COLOR = (255, 64, 64)
+PASSING_COLOR = (255, 200, 40)
+
+
+def head_grid_layout(rows: int, cols: int, cell: int = 72, label_h: int = 30, gutter: int = 40) -> dict[str, int]:
+    """Pixel layout of :func:`render_head_grid`: a ``gutter`` on the left and top for row/column names, then
+    ``rows x cols`` tiles of ``cell`` pixels, each with a ``label_h`` strip under it."""
+    return {"rows": rows, "cols": cols, "cell": cell, "label_h": label_h, "gutter": gutter, "pad": 4}
+
+
+def head_at(layout: dict[str, int], x: float, y: float) -> tuple[int, int] | None:
+    """The (row, col) tile under pixel (x, y) of a :func:`render_head_grid` figure, or None (gutter, gaps)."""
+    step_x = layout["cell"] + layout["pad"]
+    step_y = layout["cell"] + layout["label_h"] + layout["pad"]
+    col, row = int((x - layout["gutter"]) // step_x), int((y - layout["gutter"]) // step_y)
+    if x < layout["gutter"] or y < layout["gutter"] or not (0 <= row < layout["rows"] and 0 <= col < layout["cols"]):
+        return None
+    return row, col
+
+
+def render_head_grid(
+    maps: np.ndarray,
+    labels: Sequence[str] = (),
+    *,
+    row_names: Sequence[str] = (),
+    col_names: Sequence[str] = (),
+    selected: np.ndarray | None = None,
+    passing: np.ndarray | None = None,
+    cmap: str = "turbo",
+    cell: int = 72,
+) -> Image.Image:
+    """Every head's map as a tile, ``maps`` ``[rows, cols, h, w]`` (each tile scaled to its own max), with
+    ``labels`` (row-major) under the tiles; ``selected`` tiles framed red, ``passing`` ones (e.g. S_img >= tau)
+    amber. Tile positions follow :func:`head_grid_layout` (see :func:`head_at`)."""
+    import matplotlib
+
+    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
+    rows, cols = maps.shape[:2]
+    layout = head_grid_layout(rows, cols, cell)
+    step_x, step_y = cell + layout["pad"], cell + layout["label_h"] + layout["pad"]
+    gutter = layout["gutter"]
+    figure = Image.new("RGB", (gutter + cols * step_x, gutter + rows * step_y), (255, 255, 255))
+    draw = ImageDraw.Draw(figure)
+    font = _font(11)
+    colormap = matplotlib.colormaps[cmap]
+    for r in range(rows):
+        for c in range(cols):
+            tile = maps[r, c]
+            high = float(tile.max())
+            tile = tile / high if high > 0 else np.zeros_like(tile)
+            image = colormap(cv2.resize(tile, (cell, cell), interpolation=cv2.INTER_NEAREST))[..., :3] * 255
+            x, y = gutter + c * step_x, gutter + r * step_y
+            figure.paste(Image.fromarray(image.astype(np.uint8)), (x, y))
+            for mask, color in ((passing, PASSING_COLOR), (selected, SELECTED_COLOR)):
+                if mask is not None and mask[r, c]:
+                    draw.rectangle((x - 2, y - 2, x + cell + 1, y + cell + 1), outline=color, width=3)
+            index = r * cols + c
+            if index < len(labels):
+                draw.multiline_text((x + 1, y + cell + 2), labels[index], font=font, fill=(20, 20, 20), spacing=1)
+    for r, name in enumerate(row_names):
+        draw.text((2, gutter + r * step_y + cell // 2 - 6), name, font=_font(12), fill=(20, 20, 20))
+    for c, name in enumerate(col_names):
+        draw.text((gutter + c * step_x + cell // 2 - 8, gutter - 18), name, font=_font(12), fill=(20, 20, 20))
+    return figure
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG (for ``_repr_png_``)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -35,8 +35,8 @@ def test_ground_many_equals_ground_with_one_prefix(localizer, noise_image):
     capturer = localizer.vlm.capturer
     capturer.forward_calls = 0
     many = localizer.ground_many(noise_image, phrases, return_maps=True)
-    # the prefix once, then the 3 phrases in passes of SUFFIX_BATCH (2)
-    assert capturer.forward_calls == (3 if localizer.vlm.adapter.prefix_reuse else 1)
+    # the prefix once, then the 3 phrases in one suffix pass (SUFFIX_BATCH 8)
+    assert capturer.forward_calls == (2 if localizer.vlm.adapter.prefix_reuse else 1)
     capturer.forward_calls = 0
     single = [localizer.ground(noise_image, p, return_maps=True) for p in phrases]
     assert capturer.forward_calls == len(phrases)

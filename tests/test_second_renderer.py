@@ -1,8 +1,8 @@
 """Grounding on a held-out set drawn by a second, independent renderer (``tests/second_renderer.py``).
 
-The installed ``shapes-tiny`` measured Acc@0.5 0.167 on this set (48 expressions over 24 scenes); the issue's goal
-(0.8) is not met by it, so the floor guards that figure (a broken capture, geometry or box step falls to ~0), well
-under it. Raise the floor with the model.
+The installed ``shapes-tiny`` (attention-supervised in training, trained on half varied scenes; heads found blind)
+measured Acc@0.5 0.9375 on this set (45 of 48 expressions over 24 scenes); the floor sits well under it, so a
+broken capture, geometry or box step, or a model that no longer carries over to other renderers, fails.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from localize.models import EMBEDDED
 sys.path.insert(0, str(Path(__file__).parent))
 from second_renderer import draw_scene, expressions, held_out_set  # noqa: E402
 
-ACC_FLOOR = 0.06  # measured 0.167 (installed shapes-tiny, 48 expressions)
+ACC_FLOOR = 0.7  # measured 0.9375 (installed shapes-tiny, 48 expressions)
 
 
 def test_the_second_renderer_draws_what_it_describes():

@@ -1,28 +1,30 @@
-"""Rebuild the shipped shapes-world models from their seed: ``shapes-tiny-base`` and ``shapes-tiny``.
+"""Rebuild the shipped shapes-world models from their seed: ``shapes-tiny``, ``shapes-tiny-base``, ``shapes-tiny-wtl``.
 
     python -m localize.benchmarks.shapes_tiny.build --work runs/build [--install]
 
 Steps (each skipped when its output is on disk, and each resumable, so an interrupted build reruns as is):
 
-1. ``base-stage1``: ``train_base`` from scratch (seed 0; 3500 steps of 12 images x 4 packed expressions;
-   lr 1e-3, vision tower and projector 3e-4; curriculum difficulty 1 -> 2 -> 3).
-2. ``base-stage2``: the same model continued for 2500 steps (lr 5e-4 / 1.5e-4; difficulty 2, then 3).
-   Its ``model/`` is ``shapes-tiny-base``.
-3. ``localize discover`` on the base (500 shapes train scenes; ``--per-sample 2``, since only 8 heads of layers
-   2-3 compete) -> ``base-stage2/model/heads.json``.
-4. ``localize finetune --loss kl`` (the Where-to-Look KL variant) of those heads (LoRA on the language model and, with
-   ``--lora-vision``, the vision tower and projector; see FINETUNE) -> ``finetune/merged``, which carries the
-   supervised heads as its ``heads.json``. That is ``shapes-tiny``. (Rerunning discovery on it would pick other
-   heads: the fine-tuned heads now cover their objects with several mean-binarized pieces, so their spatial
-   entropy is no longer among the lowest; see TRIALS.md.)
+1. ``klal``: ``train`` from scratch (seed 0; 8000 steps of 12 images x 4 packed expressions, half of the scenes
+   from the varied world; lr 1e-3 for both sides; the answers' next-token loss plus 3 x the KLAL attention loss on
+   the head average of LM layer 3, no head named). 2 threads: 49 min on the 2-core machine that built the shipped
+   weights, with other work beside it (0.33 s/step alone).
+2. ``localize discover`` on it, blind (200 shapes train scenes, ``--per-sample 3``: each sample votes for as many
+   heads as are kept, see KLAL_DISCOVER) -> ``klal/model/heads.json``. That is ``shapes-tiny``.
+3. ``base-stage1``: ``train_base`` from scratch (seed 0; 3500 steps; lr 1e-3, vision tower and projector 3e-4;
+   curriculum difficulty 1 -> 2 -> 3); ``base-stage2``: continued for 2500 steps (lr 5e-4 / 1.5e-4). Its ``model/``
+   is ``shapes-tiny-base``.
+4. ``localize discover`` on the base (500 shapes train scenes; ``--per-sample 2``) -> ``base-stage2/model/heads.json``.
+5. ``localize finetune --loss kl`` (the Where-to-Look KL variant) of those heads (LoRA on the language model and,
+   with ``--lora-vision``, the vision tower and projector; see FINETUNE) -> ``finetune/merged``, carrying the
+   supervised heads as its ``heads.json``. That is ``shapes-tiny-wtl``: the fine-tuning extension on a model that
+   lacks the heads.
 
-``--install`` copies both into ``localize/assets/``. Training runs on ``--threads`` threads (the shipped weights used
-1; float reductions may differ with another count); discovery and fine-tuning use torch's default (both cores here).
-On the 2-core machine that built the shipped models: stage 1 34 min, stage 2 22 min, fine-tuning 19.8 min wall for
-2000 steps (0.57 s/step, alone on 2 threads; a second run gave bit-identical weights). A later full rebuild on a
-slower machine of the same kind took 55 + 37 min (1 thread, partly beside another job) and ~0.8-1.3 s per
-fine-tuning step, and gave other weights: see TRIALS.md ("What ships"); stage 1 ran at 0.58 s/step on 2
-threads there (0.40 where the shipped models were built).
+``--install`` copies the three into ``localize/assets/``. Base training runs on ``--threads`` threads (the shipped
+base used 1; float reductions may differ with another count), the KLAL model on 2 (as shipped); discovery and
+fine-tuning use torch's default (both cores here). Timings of the base on the machine that built it: stage 1 34
+min, stage 2 22 min, fine-tuning 19.8 min wall for 2000 steps (a second run gave bit-identical weights). A later
+full rebuild of the base on a slower machine of the same kind took 55 + 37 min and gave other weights: see
+TRIALS.md ("What ships").
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ STAGE2 = [
     "--vision-lr",
     "1.5e-4",
 ]
+KLAL = [
+    "--seed", "0", "--steps", "8000", "--lr", "1e-3", "--vision-lr", "1e-3", "--klal-weight", "3", "--varied", "0.5",
+    "--klal-layers", "3", "--threads", "2", "--no-progress",
+]  # fmt: skip
+# Blind discovery of the KLAL model: 8 heads compete (layers 2-3), top-k 3. With --per-sample below top-k the k-th
+# head is whichever most often displaces one of the best two, not a head of its own (per-sample 2 picked L2 H2:
+# Acc@0.5 64.4; 3 picks L3 H1, L3 H3, L3 H2: 89.6; TRIALS.md, trial L).
+KLAL_DISCOVER = ["--data", "shapes", "--samples", "200", "--per-sample", "3", "--no-progress"]
 DISCOVER = ["--data", "shapes", "--samples", "500", "--per-sample", "2", "--no-progress"]
 FINETUNE = [
     "--data", "shapes", "--loss", "kl", "--schedule", "constant", "--lora-vision", "--steps", "2000",
@@ -65,6 +75,7 @@ def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path
     default_threads = torch.get_num_threads()  # training sets its own count; discovery and fine-tuning get this
 
     stage1, stage2, tuned = work / "base-stage1", work / "base-stage2", work / "finetune"
+    supervised = _klal(work / "klal", localize_main)
     if not (stage1 / "model" / "config.json").exists():
         train_base.main(["--out", str(stage1), *STAGE1, "--threads", str(threads), "--save-every", "250"])
     if not (stage2 / "model" / "config.json").exists():
@@ -78,7 +89,7 @@ def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path
     if not (merged / "config.json").exists():
         argv = ["finetune", "--model", str(base), "--heads", str(base / "heads.json"), *FINETUNE, "--out", str(tuned)]
         _ok(localize_main([*argv, "--resume"] if (tuned / "checkpoints").exists() else argv))
-    models = {"shapes-tiny-base": base, "shapes-tiny": merged}
+    models = {"shapes-tiny": supervised, "shapes-tiny-base": base, "shapes-tiny-wtl": merged}
     if install:
         for name, source in models.items():
             target = ASSETS / name
@@ -89,16 +100,28 @@ def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path
     return models
 
 
+def _klal(run: Path, localize_main) -> Path:
+    """Steps 1-2: the attention-supervised model and its blindly discovered heads; returns its model directory."""
+    from localize.benchmarks.shapes_tiny import train
+
+    model = run / "model"
+    if not (model / "config.json").exists():
+        train.main(["--out", str(run), *KLAL])
+    if not (model / "heads.json").exists():
+        _ok(localize_main(["discover", "--model", str(model), *KLAL_DISCOVER, "--out", str(model / "heads.json")]))
+    return model
+
+
 def _ok(code: int) -> None:
     if code != 0:
         raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Build (or finish building) the two models; ``--install`` puts them into the package."""
+    """Build (or finish building) the three models; ``--install`` puts them into the package."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", required=True, help="working directory (every step's output)")
-    parser.add_argument("--threads", type=int, default=1, help="training threads (the shipped weights: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="base training threads (the shipped base: 1)")
     parser.add_argument("--install", action="store_true", help="copy the models into localize/assets/")
     args = parser.parse_args(argv)
     models = build(Path(args.work), threads=args.threads, install=args.install)

@@ -10,6 +10,7 @@ from typing import Any
 
 from localize.errors import InputError, OutputError
 from localize.files import check_output, write_output
+from localize.images import EXAMPLES, example_image
 from localize.options import add_grounding_arguments, localizer_from_args
 
 DEFAULT_MODEL = "shapes-tiny"
@@ -23,8 +24,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``localize ground``."""
-    parser.add_argument("image", help="image file")
-    parser.add_argument("phrases", nargs="+", help="referring expression(s); several share one image prefix")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE PHRASE", help="image file, then referring expression(s)"
+                        " (several share one image prefix); with --example, phrases only")  # fmt: skip
+    parser.add_argument("--example", nargs="?", const=EXAMPLES[0], choices=EXAMPLES, default=None,
+                        help=f"ground on a shipped example image instead (default {EXAMPLES[0]})")  # fmt: skip
     parser.add_argument("--noun-chunks", action="store_true", help="ground every noun chunk of one sentence (spaCy)")
     _add_model_arguments(parser)
     parser.add_argument("--out", default=None, help="result JSON (box, mask as COCO RLE, score, heads, settings)")
@@ -37,10 +40,9 @@ def build_localizer(args: argparse.Namespace):
 
 
 def _report(localizer, image, groundings: list, out: str | None, viz: str | None, source: str) -> dict[str, Any]:
-    from localize.images import original_size, reduced_by
+    from localize.images import reduced_by
 
-    size = [int(v) for v in original_size(image)]
-    result = {"image": source, "image_size": size, "results": [g.to_json() for g in groundings], **localizer.info()}
+    result = localizer.result_record(image, groundings, source)
     if out:
         write_output(out, json.dumps(result, indent=2))
     if viz:
@@ -63,8 +65,19 @@ def _report(localizer, image, groundings: list, out: str | None, viz: str | None
     return result
 
 
+def _image_and_phrases(args: argparse.Namespace) -> None:
+    """Split the positional inputs into ``args.image`` and ``args.phrases`` (all phrases with ``--example``)."""
+    if args.example:
+        args.image, args.phrases = example_image(args.example), list(args.inputs)
+    elif len(args.inputs) < 2:
+        raise InputError("give an image and at least one phrase (or --example and phrases)")
+    else:
+        args.image, args.phrases = args.inputs[0], list(args.inputs[1:])
+
+
 def run(args: argparse.Namespace) -> int:
     """Ground the phrase(s) and print one line per result; write JSON / overlay when asked."""
+    _image_and_phrases(args)
     if args.noun_chunks and len(args.phrases) != 1:
         raise InputError("--noun-chunks takes one sentence")
     for path in (args.out, args.viz):
