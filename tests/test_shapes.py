@@ -279,6 +279,7 @@ def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_pa
 
     import torch
     from localize.benchmarks.shapes_tiny import build as build_shapes_tiny
+    from localize.benchmarks.shapes_tiny import train as train_klal
     from localize.benchmarks.shapes_tiny import train_base as train_shapes
 
     import localize.cli
@@ -303,12 +304,14 @@ def test_build_runs_discovery_and_fine_tuning_on_the_default_thread_count(tmp_pa
         return 0
 
     monkeypatch.setattr(train_shapes, "main", fake_train)
+    monkeypatch.setattr(train_klal, "main", fake_train)
     monkeypatch.setattr(localize.cli, "main", fake_localize)
     try:
         build_shapes_tiny.build(tmp_path / "work", threads=1)
-        assert calls == [("train", 1), ("train", 1), ("discover", default), ("finetune", default)]
+        klal = [("train", 2), ("discover", default)]  # the supervised model trains on 2 threads, as shipped
+        assert calls == [*klal, ("train", 1), ("train", 1), ("discover", default), ("finetune", default)]
         build_shapes_tiny.build(tmp_path / "work", threads=1)
-        assert len(calls) == 4  # everything on disk: nothing reruns
+        assert len(calls) == 6  # everything on disk: nothing reruns
     finally:
         torch.set_num_threads(default)
 

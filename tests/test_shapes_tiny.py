@@ -83,3 +83,21 @@ def test_bench_slice_fine_tuned_beats_zero_shot(tmp_path):
     assert tuned["acc@0.5"] - base["acc@0.5"] >= GAIN_FLOOR
     assert tuned["ciou"] > base["ciou"]
     assert tuned["answer_acc"] >= base["answer_acc"] - 0.05  # the answers hold (measured 0.300 -> 0.378)
+
+
+def test_ground_on_the_shipped_example(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from localize.benchmarks.metrics import box_iou
+    from localize.images import example_image
+
+    pixels = np.asarray(Image.open(example_image()).convert("RGB")).astype(int)
+    truth = {}
+    for phrase, channel in (("the red circle", 0), ("the blue square", 2)):
+        ys, xs = np.nonzero(pixels[..., channel] - pixels.sum(-1) / 3 > 60)  # the object's own colour dominates
+        truth[phrase] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    out = tmp_path / "example.json"
+    assert main(["ground", "--example", *truth, "--out", str(out)]) == 0
+    for record in json.loads(out.read_text())["results"]:
+        assert box_iou(record["box"], truth[record["phrase"]]) >= 0.5, record

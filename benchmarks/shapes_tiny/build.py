@@ -75,7 +75,7 @@ def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path
     default_threads = torch.get_num_threads()  # training sets its own count; discovery and fine-tuning get this
 
     stage1, stage2, tuned = work / "base-stage1", work / "base-stage2", work / "finetune"
-    supervised = _klal(work / "klal", localize_main)
+    supervised = _klal(work / "klal", localize_main, default_threads)
     if not (stage1 / "model" / "config.json").exists():
         train_base.main(["--out", str(stage1), *STAGE1, "--threads", str(threads), "--save-every", "250"])
     if not (stage2 / "model" / "config.json").exists():
@@ -100,13 +100,15 @@ def build(work: Path, threads: int = 1, install: bool = False) -> dict[str, Path
     return models
 
 
-def _klal(run: Path, localize_main) -> Path:
+def _klal(run: Path, localize_main, default_threads: int) -> Path:
     """Steps 1-2: the attention-supervised model and its blindly discovered heads; returns its model directory."""
+    import torch
     from localize.benchmarks.shapes_tiny import train
 
     model = run / "model"
     if not (model / "config.json").exists():
         train.main(["--out", str(run), *KLAL])
+        torch.set_num_threads(default_threads)  # training set its own count
     if not (model / "heads.json").exists():
         _ok(localize_main(["discover", "--model", str(model), *KLAL_DISCOVER, "--out", str(model / "heads.json")]))
     return model

@@ -26,8 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``localize ground``."""
     parser.add_argument("inputs", nargs="+", metavar="IMAGE PHRASE", help="image file, then referring expression(s)"
                         " (several share one image prefix); with --example, phrases only")  # fmt: skip
-    parser.add_argument("--example", nargs="?", const=EXAMPLES[0], choices=EXAMPLES, default=None,
-                        help=f"ground on a shipped example image instead (default {EXAMPLES[0]})")  # fmt: skip
+    parser.add_argument(
+        "--example", action="store_true",
+        help=f"ground on a shipped example image ({EXAMPLES[0]}, or name one first: {', '.join(EXAMPLES[1:])})",
+    )  # fmt: skip
     parser.add_argument("--noun-chunks", action="store_true", help="ground every noun chunk of one sentence (spaCy)")
     _add_model_arguments(parser)
     parser.add_argument("--out", default=None, help="result JSON (box, mask as COCO RLE, score, heads, settings)")
@@ -68,7 +70,9 @@ def _report(localizer, image, groundings: list, out: str | None, viz: str | None
 def _image_and_phrases(args: argparse.Namespace) -> None:
     """Split the positional inputs into ``args.image`` and ``args.phrases`` (all phrases with ``--example``)."""
     if args.example:
-        args.image, args.phrases = example_image(args.example), list(args.inputs)
+        named = args.inputs[0] in EXAMPLES and len(args.inputs) > 1
+        args.image = example_image(args.inputs[0] if named else EXAMPLES[0])
+        args.phrases = list(args.inputs[1:] if named else args.inputs)
     elif len(args.inputs) < 2:
         raise InputError("give an image and at least one phrase (or --example and phrases)")
     else:
