@@ -87,9 +87,9 @@ def test_bench_slice_fine_tuned_beats_zero_shot(tmp_path):
 
 def test_ground_on_the_shipped_example(tmp_path):
     import numpy as np
+    from localize.benchmarks.metrics import box_iou
     from PIL import Image
 
-    from localize.benchmarks.metrics import box_iou
     from localize.images import example_image
 
     pixels = np.asarray(Image.open(example_image()).convert("RGB")).astype(int)
