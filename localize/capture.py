@@ -14,7 +14,6 @@ a per-call :class:`Recorder` passed down the forward as a keyword argument. No p
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from .errors import HeadsMismatchError, InputError
 from .geometry import GridGeometry
 from .headsfile import validate_heads
 from .images import ImageLike, load_image
+from .pictures import Drawable
 
 CAPTURE_ATTENTION = "localize_capture"  # no "sdpa" in the name: transformers would run its SDPA support check on it (Gemma 2 declares none)
 Head = tuple[int, int]
@@ -154,7 +154,7 @@ def register_capture_attention() -> str:
 
 
 @dataclass
-class AttentionMaps:
+class AttentionMaps(Drawable):
     """One sample's captured maps: ``maps[i]`` is head ``heads[i]``'s attention over the grounding view's grid.
 
     ``maps`` is float32 ``[len(heads), rows, cols]``: the query row of the softmax restricted to the grounding
@@ -233,19 +233,6 @@ class AttentionMaps:
         mass = self.image_mass.detach().float().cpu().numpy()
         labels = [f"{format_head(h)}\nS_img {m:.2f}" for h, m in zip(self.heads, mass)]
         return render_head_grid(tiles.reshape(rows, cols, *maps.shape[1:]), labels)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`render` as a PNG."""
-        self.render().save(path, format="PNG")
-
-    def show(self) -> None:
-        """Open :meth:`render` in the system's image viewer."""
-        self.render().show()
-
-    def _repr_png_(self) -> bytes:
-        from .viz import png_bytes
-
-        return png_bytes(self.render())
 
     def dense(self, num_layers: int, num_heads: int) -> torch.Tensor:
         """``[num_layers, num_heads, rows, cols]`` with NaN where a head was not captured."""

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +21,12 @@ from .capture import Head, check_phrases
 from .errors import InputError, LocalizeError
 from .images import ImageLike, load_image, original_size, reduced_by
 from .models import VLM, load_model
+from .pictures import Drawable
 from .postprocess import GroundingSettings, fuse_views, maps_to_grounding, mask_to_rle
 
 
 @dataclass
-class Grounding:
+class Grounding(Drawable):
     """One grounded phrase. Arrays are at the original image size; ``box`` is (x0, y0, x1, y1) in pixels.
 
     ``mask`` is SAM's when a refiner is set, else the attention mask (``attention_mask`` keeps the latter always).
@@ -62,19 +62,6 @@ class Grounding:
             phrase=self.phrase if caption else None, min_size=side, max_size=side,
         )  # fmt: skip
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`render` as a PNG."""
-        self.render().save(path, format="PNG")
-
-    def show(self) -> None:
-        """Open :meth:`render` in the system's image viewer."""
-        self.render().show()
-
-    def _repr_png_(self) -> bytes:
-        from .viz import png_bytes
-
-        return png_bytes(self.render())
-
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly result: box, mask as COCO RLE, score, heads."""
         return {
@@ -88,27 +75,16 @@ class Grounding:
         }
 
 
-class Groundings(list):
+class Groundings(Drawable, list):
     """A list of :class:`Grounding` that draws itself as a gallery (one captioned overlay per phrase)."""
 
     def render(self, cols: int = 3) -> Any:
         """The gallery as a PIL image."""
         from .viz import render_gallery
 
-        return render_gallery([g.render(caption=True) for g in self], cols=min(cols, max(1, len(self))))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write :meth:`render` as a PNG."""
-        self.render().save(path, format="PNG")
-
-    def show(self) -> None:
-        """Open :meth:`render` in the system's image viewer."""
-        self.render().show()
-
-    def _repr_png_(self) -> bytes | None:
-        from .viz import png_bytes
-
-        return png_bytes(self.render()) if self else None
+        if not self:
+            return None
+        return render_gallery([g.render(caption=True) for g in self], cols=min(cols, len(self)))
 
 
 class Localizer:
