@@ -34,7 +34,9 @@ def _phrases(text: str) -> list[str]:
 
 def _heads_text(explorer: Explorer, source: str | None) -> str:
     used = ", ".join(format_head(h) for h in explorer.heads)
-    return f"**Heads in use:** {used}  \n**From:** {source or 'given'} (click a tile to add or remove a head)"
+    changed = list(explorer.heads) != list(explorer.localizer.heads)
+    origin = f"{source or 'given'}, changed here" if changed else source or "given"
+    return f"**Heads in use:** {used}  \n**From:** {origin} (click a tile to add or remove a head)"
 
 
 def _results_text(groundings: list, seconds: float, label: str) -> str:
